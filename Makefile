@@ -1,0 +1,71 @@
+# django-tiercache developer commands. Everything runs from a local virtualenv (.venv) that the
+# first command creates: a fresh clone needs only python3 (3.11+) and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv test lint format demo demo-services docs bench clean
+
+help:
+	@echo "make demo   - install, migrate, seed and run the example shop at http://127.0.0.1:8000/"
+	@echo "make test   - run the whole test suite (SQLite + fakeredis unless TIERCACHE_TEST_* are set)"
+	@echo "make lint   - ruff and mypy"
+	@echo "make docs   - build the Sphinx docs into docs/_build/html (warnings are errors)"
+	@echo "make bench  - every benchmark, against cacheops and cachalot; tables to docs/benchmarks-latest.md"
+	@echo "make demo-services - the shop on PostgreSQL, Redis, RabbitMQ, Celery and Varnish :6081"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: $(STAMP)
+	cd example_project && ../$(BIN)/python manage.py migrate --noinput
+	cd example_project && ../$(BIN)/python manage.py seed_shop
+	@echo ""
+	@echo "  Shop:   http://127.0.0.1:8000/"
+	@echo "  Admin:  http://127.0.0.1:8000/admin/  (user: admin, password: admin)"
+	@echo "  Try:    curl -sI http://127.0.0.1:8000/  (Cache-Control, Surrogate-Key headers)"
+	@echo ""
+	cd example_project && ../$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+demo-services: $(STAMP)
+	bash example_project/run_with_services.sh
+
+$(VENV)/.docs-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(BIN)/python -m sphinx -W --keep-going -E -b html docs docs/_build/html
+
+BENCH_VENV := .venv-bench
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . django-cacheops django-cachalot 'psycopg[binary]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/run_all.py --output docs/benchmarks-latest.md
+
+clean:
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache docs/_build

@@ -1,0 +1,225 @@
+"""TierCacheMiddleware overhead on a ~1 ms view with 20 keys, against the same view without it.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/http_overhead.py [--requests 3000] [--body-bytes 10000]
+
+Every variant goes through Django's request handler (URL resolution, response creation) with the
+same busy ~1 ms view and the same HTML body; requests alternate between variants so drift hits
+all alike.
+
+- ``plain``: the view undecorated, no middleware (a site without django-tiercache).
+- ``tiercache``: ``origin_cache`` with 5 static keys, 15 keys collected the way cached querysets
+  report them, and ``TierCacheMiddleware`` (Cache-Control, Surrogate-Control, Surrogate-Key,
+  Cache-Tag, Vary, weak ETag over the body). The issue's target: median overhead <= 5 %.
+- ``+add_keys``: the same, but the 15 keys go through the public ``add_keys()``, which
+  normalises each key on the way in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import django
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from django_tiercache import collector
+from django_tiercache.collector import add_keys
+
+VIEW_SECONDS = 0.001
+WORK_ITERATIONS = 0
+BODY = b""
+STATIC_KEYS = [f"bench.section:{i}" for i in range(5)]
+QUERY_KEYS = [f"bench.product:{i}" for i in range(15)]
+
+
+def spin(iterations: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i * i
+    return total
+
+
+def calibrate(seconds: float) -> int:
+    """Iterations of :func:`spin` whose median run time is ``seconds``."""
+    iterations = 10_000
+    for _ in range(4):
+        runs = []
+        for _ in range(31):
+            start = time.perf_counter()
+            spin(iterations)
+            runs.append(time.perf_counter() - start)
+        iterations = max(1, round(iterations * seconds / statistics.median(runs)))
+    return iterations if seconds > 0 else 0
+
+
+def work() -> None:
+    """About VIEW_SECONDS of pure-Python CPU work, like a view rendering a page."""
+    spin(WORK_ITERATIONS)
+
+
+def plain_view(request: HttpRequest) -> HttpResponse:
+    work()
+    return HttpResponse(BODY)
+
+
+def query_keys_view(request: HttpRequest) -> HttpResponse:
+    """15 keys collected the way cached querysets report them (already normalised)."""
+    work()
+    collector.add_normalized(QUERY_KEYS)
+    return HttpResponse(BODY)
+
+
+def add_keys_view(request: HttpRequest) -> HttpResponse:
+    """15 keys through the public add_keys(), which normalises each one."""
+    work()
+    add_keys(*QUERY_KEYS)
+    return HttpResponse(BODY)
+
+
+def configure() -> None:
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="benchmark",
+        ALLOWED_HOSTS=["testserver"],
+        ROOT_URLCONF=__name__,
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_tiercache"],
+        DATABASES={},
+        MIDDLEWARE=[],
+        TIERCACHE={"HTTP": {"KEY_HEADERS": ["Surrogate-Key", "Cache-Tag"]}},
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+
+
+def build_handler(middleware: list[str]) -> Callable[[object], object]:
+    from django.core.handlers.base import BaseHandler
+    from django.test import override_settings
+
+    handler = BaseHandler()
+    with override_settings(MIDDLEWARE=middleware):
+        handler.load_middleware()
+    return handler.get_response  # type: ignore[return-value]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> None:
+    global BODY, VIEW_SECONDS, WORK_ITERATIONS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per variant")
+    parser.add_argument("--body-bytes", type=int, default=10_000, help="HTML body size")
+    parser.add_argument("--view-ms", type=float, default=1.0, help="busy time of the view")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds the requests are split in")
+    args = parser.parse_args()
+    VIEW_SECONDS = args.view_ms / 1000
+    WORK_ITERATIONS = calibrate(VIEW_SECONDS)
+    BODY = (b"<p>product row</p>" * (args.body_bytes // 18 + 1))[: args.body_bytes]
+
+    configure()
+    from django.test import RequestFactory
+    from django.urls import path
+
+    from django_tiercache.decorators import origin_cache
+
+    global urlpatterns
+    cache = origin_cache(600, keys=STATIC_KEYS)
+    urlpatterns = [
+        path("plain/", plain_view),
+        path("query-keys/", cache(query_keys_view)),
+        path("add-keys/", cache(add_keys_view)),
+    ]
+    with_middleware = build_handler(["django_tiercache.middleware.TierCacheMiddleware"])
+    variants = {
+        "plain": (build_handler([]), "/plain/"),
+        "tiercache": (with_middleware, "/query-keys/"),
+        "+add_keys": (with_middleware, "/add-keys/"),
+    }
+    factory = RequestFactory()
+
+    for get_response, url in list(variants.values())[1:]:
+        probe: Any = get_response(factory.get(url))
+        keys = probe["Surrogate-Key"].split(" ")
+        assert len(keys) == 20, keys
+        assert probe["Cache-Control"] == "public, max-age=0, s-maxage=600"
+
+    for _ in range(200):  # warm-up
+        for get_response, url in variants.values():
+            get_response(factory.get(url))
+    gc.collect()
+    gc.disable()
+    # Scale the view's work so the plain request takes the target time in this process.
+    plain_response, plain_url = variants["plain"]
+    for _ in range(3):
+        runs = []
+        for _ in range(101):
+            request = factory.get(plain_url)
+            start = time.perf_counter()
+            plain_response(request)
+            runs.append(time.perf_counter() - start)
+        WORK_ITERATIONS = max(0, round(WORK_ITERATIONS * VIEW_SECONDS / statistics.median(runs)))
+
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    round_overheads: list[float] = []  # median overhead of each round, so one slow spell of
+    per_round = max(1, args.requests // args.rounds)  # the machine does not decide the verdict
+    try:
+        for _ in range(args.rounds):
+            rounds: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(per_round):
+                for name, (get_response, url) in variants.items():
+                    request = factory.get(url)
+                    start = time.perf_counter()
+                    get_response(request)
+                    rounds[name].append(time.perf_counter() - start)
+            for name, values in rounds.items():
+                timings[name].extend(values)
+            round_overheads.append(
+                statistics.median(rounds["tiercache"]) / statistics.median(rounds["plain"]) - 1
+            )
+    finally:
+        gc.enable()
+
+    base_median = statistics.median(timings["plain"])
+    base_p99 = percentile(timings["plain"], 0.99)
+    print(
+        f"{args.requests} requests per variant, view busy {VIEW_SECONDS * 1000:.1f} ms, "
+        f"body {len(BODY)} bytes, {len(keys)} keys, Python {sys.version.split()[0]}, "
+        f"Django {django.get_version()}"
+    )
+    print()
+    header = f"{'variant':<10} {'median ms':>10} {'p99 ms':>8} {'mean ms':>8} {'median ratio':>13}"
+    print(header + f" {'overhead us (median / p99)':>27}")
+    for name, values in timings.items():
+        median = statistics.median(values)
+        p99 = percentile(values, 0.99)
+        print(
+            f"{name:<10} {median * 1000:>10.4f} {p99 * 1000:>8.4f} "
+            f"{statistics.fmean(values) * 1000:>8.4f} {median / base_median:>13.4f} "
+            f"{(median - base_median) * 1e6:>18.1f} / {(p99 - base_p99) * 1e6:>6.1f}"
+        )
+    overhead = statistics.median(round_overheads)
+    verdict = "OK" if overhead <= 0.05 else "OVER TARGET"
+    print()
+    print(
+        f"median overhead of tiercache over {args.rounds} rounds: {overhead:.2%} "
+        f"(rounds: {', '.join(f'{o:.1%}' for o in round_overheads)}); target <= 5 %: {verdict}"
+    )
+
+
+urlpatterns: list[object] = []
+
+if __name__ == "__main__":
+    main()

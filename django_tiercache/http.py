@@ -1,0 +1,223 @@
+"""Header helpers of the HTTP tier, built on :mod:`django.utils.cache`.
+
+Key headers hold normalised keys (see :func:`django_tiercache.keys.normalize_key`), sorted and
+deduplicated: ``Surrogate-Key`` and ``xkey`` space-separated, ``Cache-Tag`` comma-separated. A key
+list that does not fit ``MAX_KEY_HEADER_BYTES`` first collapses object keys (``app.model:pk``) to
+their table keys (``app.model``); when even that does not fit, the response must not be
+edge-cached: a truncated key list would leave pages that no purge reaches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+
+from django.apps import apps
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from django.utils.cache import patch_cache_control, patch_vary_headers
+from django.utils.functional import LazyObject, empty
+
+__all__ = [
+    "EDGE_HEADERS",
+    "KEY_HEADERS",
+    "SETS_COOKIE",
+    "add_vary",
+    "cache_control_directives",
+    "collapse_object_keys",
+    "edge_cache",
+    "fit_keys",
+    "format_cache_tag",
+    "format_surrogate_key",
+    "key_header_bytes",
+    "make_private",
+    "set_weak_etag",
+    "strip_edge_headers",
+    "surrogate_control",
+    "user_specific_reason",
+]
+
+#: Key headers by lower-case setting value: (header name, separator).
+KEY_HEADERS: dict[str, tuple[str, str]] = {
+    "surrogate-key": ("Surrogate-Key", " "),
+    "cache-tag": ("Cache-Tag", ","),
+    "xkey": ("xkey", " "),
+}
+#: Every header that addresses the edge; none of them may leave with a user-specific response.
+EDGE_HEADERS = ("Surrogate-Control", "Surrogate-Key", "Cache-Tag", "xkey")
+#: :func:`user_specific_reason` for a response that sets a cookie.
+SETS_COOKIE = "it sets a cookie"
+# How django.utils.cache splits Cache-Control and Vary.
+_DELIMITER = re.compile(r"\s*,\s*")
+# Cache-Control directives that let a shared cache store the response.
+_SHARED_DIRECTIVES = frozenset({"public", "s-maxage"})
+
+
+def format_surrogate_key(keys: Iterable[str]) -> str:
+    """``Surrogate-Key`` / ``xkey`` value: keys sorted, deduplicated, space-separated."""
+    return " ".join(sorted(set(keys)))
+
+
+def format_cache_tag(keys: Iterable[str]) -> str:
+    """``Cache-Tag`` value: keys sorted, deduplicated, comma-separated."""
+    return ",".join(sorted(set(keys)))
+
+
+def key_header_bytes(keys: Iterable[str]) -> int:
+    """Length in bytes of the key header value (normalised keys are ASCII; separators 1 byte)."""
+    keys = set(keys)
+    return sum(map(len, keys)) + max(len(keys) - 1, 0)
+
+
+def collapse_object_keys(keys: Iterable[str]) -> set[str]:
+    """Replace each object key of an installed model (``app.model:pk``) with its table key.
+
+    Keys that are not object keys of a model (``shop.home``, ``reviews``) are kept as they are:
+    only a model's table key is purged on every change to one of its rows.
+    """
+    tables = {model._meta.label_lower for model in apps.get_models(include_auto_created=True)}
+    collapsed = set()
+    for key in keys:
+        table, sep, _pk = key.partition(":")
+        collapsed.add(table if sep and table in tables else key)
+    return collapsed
+
+
+def fit_keys(keys: set[str], max_bytes: int) -> set[str] | None:
+    """``keys`` if they fit in ``max_bytes``, else collapsed to table keys, else None."""
+    if key_header_bytes(keys) <= max_bytes:
+        return keys
+    collapsed = collapse_object_keys(keys)
+    if key_header_bytes(collapsed) <= max_bytes:
+        return collapsed
+    return None
+
+
+def surrogate_control(
+    max_age: int, stale_while_revalidate: int | None, stale_if_error: int | None
+) -> str:
+    """``Surrogate-Control`` value; a None stale window is left out."""
+    value = f"max-age={max_age}"
+    if stale_while_revalidate is not None:
+        value += f", stale-while-revalidate={stale_while_revalidate}"
+    if stale_if_error is not None:
+        value += f", stale-if-error={stale_if_error}"
+    return value
+
+
+def edge_cache(
+    response: HttpResponseBase,
+    *,
+    browser_max_age: int,
+    edge_max_age: int,
+    stale_while_revalidate: int | None,
+    stale_if_error: int | None,
+    keys: set[str],
+    key_headers: Sequence[str],
+) -> None:
+    """Mark ``response`` for the edge: public Cache-Control, Surrogate-Control and key headers.
+
+    ``keys`` must already fit (see :func:`fit_keys`); ``key_headers`` are names from
+    ``TIERCACHE["HTTP"]["KEY_HEADERS"]``. No key header is written for an empty key set.
+    """
+    if "Cache-Control" in response.headers:
+        patch_cache_control(response, public=True, max_age=browser_max_age, s_maxage=edge_max_age)
+    else:  # what patch_cache_control writes on a response without the header, only faster
+        response.headers["Cache-Control"] = (
+            f"public, max-age={browser_max_age}, s-maxage={edge_max_age}"
+        )
+    response.headers["Surrogate-Control"] = surrogate_control(
+        edge_max_age, stale_while_revalidate, stale_if_error
+    )
+    if keys:
+        ordered = sorted(keys)
+        for name in key_headers:
+            header, separator = KEY_HEADERS[name.lower()]
+            response.headers[header] = separator.join(ordered)
+
+
+def strip_edge_headers(response: HttpResponseBase) -> None:
+    """Remove Surrogate-Control and every key header."""
+    for header in EDGE_HEADERS:
+        if header in response.headers:
+            del response.headers[header]
+
+
+def make_private(response: HttpResponseBase, *, no_store: bool = False) -> None:
+    """Keep ``response`` out of shared caches: ``private`` (or ``no-store``), no edge headers.
+
+    ``public`` and ``s-maxage`` are dropped; the view's other directives (a browser
+    ``max-age``, ``must-revalidate``) are kept.
+    """
+    current = response.headers.get("Cache-Control", "")
+    if current:
+        kept = [
+            directive
+            for directive in _DELIMITER.split(current)
+            if directive.split("=", 1)[0].strip().lower() not in _SHARED_DIRECTIVES
+        ]
+        response.headers["Cache-Control"] = ", ".join(kept)
+    if no_store:
+        patch_cache_control(response, private=True, no_store=True)
+    else:
+        patch_cache_control(response, private=True)
+    strip_edge_headers(response)
+
+
+def cache_control_directives(response: HttpResponseBase) -> set[str]:
+    """Lower-case directive names of the response's Cache-Control header."""
+    value = response.headers.get("Cache-Control", "")
+    if not value:
+        return set()
+    return {field.split("=", 1)[0].strip().lower() for field in _DELIMITER.split(value)}
+
+
+def _authenticated_user(request: HttpRequest) -> bool:
+    """Whether ``request.user`` is already loaded and authenticated (never loads it)."""
+    user = vars(request).get("user")
+    if user is None:
+        return False
+    if isinstance(user, LazyObject):
+        user = vars(user).get("_wrapped", empty)
+        if user is empty:
+            return False
+    return bool(getattr(user, "is_authenticated", False))
+
+
+def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> str | None:
+    """Why ``response`` may depend on who asked, or None when it cannot.
+
+    A response is user-specific when it sets a cookie, the request carries ``Authorization``,
+    the session was read or written, or a user was loaded and is authenticated. The user is
+    never loaded here (that would touch the session).
+    """
+    if response.cookies or "Set-Cookie" in response.headers:
+        return SETS_COOKIE
+    if "HTTP_AUTHORIZATION" in request.META:
+        return "the request has an Authorization header"
+    session = getattr(request, "session", None)
+    if session is not None and getattr(session, "accessed", False):
+        return "the session was accessed"
+    if _authenticated_user(request):
+        return "the user is authenticated"
+    return None
+
+
+def add_vary(response: HttpResponseBase, headers: Iterable[str]) -> None:
+    """Merge ``headers`` into Vary: existing order kept, new ones appended, no duplicates."""
+    headers = list(headers)
+    if len(headers) == 1 and "Vary" not in response.headers:
+        response.headers["Vary"] = headers[0]  # patch_vary_headers' result, only faster
+    elif headers:
+        patch_vary_headers(response, headers)
+
+
+def set_weak_etag(response: HttpResponseBase) -> str | None:
+    """Give a non-streaming response without an ETag a weak one from its body; return the ETag."""
+    etag = response.headers.get("ETag")
+    if etag is None and not response.streaming:
+        content: bytes = getattr(response, "content", b"")
+        etag = f'W/"{hashlib.sha256(content).hexdigest()[:32]}"'
+        response.headers["ETag"] = etag
+    return etag

@@ -1,0 +1,91 @@
+"""Lazy querysets: record simple chained calls instead of building the ``Query``.
+
+Building a ``Query`` (``filter()`` resolves lookups, joins and values) costs more than a cache hit.
+A cached queryset whose query is still as its manager made it records ``filter``/``exclude``
+with plain keyword values, ``order_by`` with field names and slices as *operations*; their digest
+names the cache entry. The ``Query`` is built only when something needs it (a miss, or any other
+queryset method), by replaying the operations exactly as Django's own methods apply them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import hashlib
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import models
+from django.db.models.sql.query import Query
+
+from django_tiercache.planner import fingerprint, memoised_names
+
+#: Values recorded as they are: their repr() is deterministic.
+SCALARS = (
+    str,
+    int,
+    float,
+    bool,
+    type(None),
+    decimal.Decimal,
+    datetime.date,
+    datetime.datetime,
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+)
+
+Operation = tuple[Any, ...]
+
+_pristine: dict[tuple[type, type[models.Model]], dict[str, Any]] = {}
+
+
+def _state(query: Query) -> dict[str, Any]:
+    skip = memoised_names(type(query))
+    return {key: value for key, value in vars(query).items() if key not in skip}
+
+
+def base_identity(query: Query) -> str:
+    """``pristine`` for a query as ``Manager.get_queryset()`` makes it, else its fingerprint.
+
+    ``pristine`` says nothing of the model: the entry name must add it (see :func:`lazy_name`).
+    """
+    model = query.model
+    assert model is not None
+    template = _pristine.get((type(query), model))
+    if template is None:
+        template = _pristine[(type(query), model)] = _state(type(query)(model).chain())
+    if _state(query) == template:
+        return "pristine"
+    return fingerprint(query)
+
+
+def recordable(value: Any) -> Any:
+    """``value`` in a deterministic, hashable form, or raise ``TypeError`` when it is not simple."""
+    if isinstance(value, SCALARS):
+        return value
+    if isinstance(value, list | tuple):
+        return tuple(recordable(item) for item in value)
+    if isinstance(value, models.Model) and value.pk is not None:
+        return ("<model>", value._meta.label, recordable(value.pk))
+    raise TypeError(f"not recordable: {type(value).__name__}")
+
+
+def record_lookups(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+    """The keyword lookups in recorded form, or None when one of them is not simple."""
+    try:
+        return tuple(sorted((name, recordable(value)) for name, value in kwargs.items()))
+    except TypeError:
+        return None
+
+
+def lazy_name(base: str, model: str, operations: Iterable[Operation], *shape: Any) -> str:
+    """The entry name of a lazy queryset: its base query, model, operations and result shape.
+
+    A ``filter`` operation is ``("filter", negated, recorded lookups, original kwargs)``; only
+    its first three items name it.
+    """
+    recorded = tuple(op[:3] if op[0] == "filter" else op for op in operations)
+    payload = repr((base, model, recorded, shape)).encode()
+    return "l" + hashlib.blake2b(payload, digest_size=16).hexdigest()

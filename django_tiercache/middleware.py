@@ -1,0 +1,245 @@
+"""``TierCacheMiddleware``: writes the HTTP tier's headers once every other middleware is done.
+
+Put it first in ``MIDDLEWARE`` (outermost), like Django's ``UpdateCacheMiddleware``, so it sees the
+cookies and ``Vary`` that sessions, CSRF and auth add. Per request it opens a collector scope (the
+keys of cached queries and :func:`~django_tiercache.add_keys` land there) and then applies:
+
+- ``origin_cache`` view, GET/HEAD, status in ``CACHEABLE_STATUSES``, not user-specific (no cookie
+  set, no ``Authorization``, session not accessed, no authenticated user loaded), Cache-Control
+  not already ``private``/``no-store``, keys fit ``MAX_KEY_HEADER_BYTES`` (object keys collapse to
+  table keys first): ``Cache-Control: public, max-age=<browser>, s-maxage=<edge>``,
+  ``Surrogate-Control`` and the ``KEY_HEADERS``. Otherwise ``Cache-Control: private``, no edge
+  headers; a cookie set by an ``origin_cache`` view, or keys that do not fit, are logged.
+- ``private_cache`` / ``no_cache`` view: ``private`` / ``no-store``, never edge headers.
+- Undecorated view: headers left alone, unless the response is user-specific: then it is made
+  ``private`` (a ``public`` header set elsewhere is dropped and logged) and edge headers removed.
+
+``origin_cache`` and ``private_cache`` views get ``Accept-Encoding`` (and ``vary_on``) in
+``Vary``; any response whose session was accessed or that sets the CSRF cookie gets ``Cookie``.
+Their GET responses get a weak ETag from the body (streaming responses excepted) and a 304
+through :func:`django.utils.cache.get_conditional_response`. ``SERVER_TIMING`` adds query-tier
+hits and misses in a ``Server-Timing`` header.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.cache import get_conditional_response
+from django.utils.http import parse_http_date_safe
+
+from django_tiercache import collector
+from django_tiercache.conf import tiercache_settings
+from django_tiercache.decorators import CachePolicy, get_policy
+from django_tiercache.http import (
+    EDGE_HEADERS,
+    SETS_COOKIE,
+    add_vary,
+    cache_control_directives,
+    edge_cache,
+    fit_keys,
+    key_header_bytes,
+    make_private,
+    set_weak_etag,
+    user_specific_reason,
+)
+
+__all__ = ["TierCacheMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+_SHARED = frozenset({"public", "s-maxage"})
+_OPTED_OUT = frozenset({"private", "no-store"})
+_CONDITIONAL_HEADERS = frozenset(
+    {"HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE"}
+)
+
+
+class TierCacheMiddleware:
+    """Cache-Control, Vary, Surrogate-Control, Surrogate-Key/Cache-Tag/xkey and ETag per request."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(
+        self,
+        get_response: Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]],
+    ) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if self.async_mode:
+            return self.__acall__(request)
+        token = collector.begin()
+        try:
+            response = cast(HttpResponseBase, self.get_response(request))
+            return self.process_response(request, response)
+        finally:
+            collector.end(token)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        token = collector.begin()
+        try:
+            response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
+            return self.process_response(request, response)
+        finally:
+            collector.end(token)
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        """Apply the policy; must run inside the request's collector scope."""
+        options = tiercache_settings.HTTP
+        policy = get_policy(response)
+        user_reason = user_specific_reason(request, response)
+        if policy is None:
+            self._undecorated(request, response, user_reason)
+        elif policy.kind == "origin":
+            self._origin(request, response, policy, user_reason, options)
+        else:
+            make_private(response, no_store=policy.kind == "no-store")
+
+        cacheable = policy is not None and policy.kind != "no-store"
+        vary = ["Accept-Encoding"] if cacheable else []
+        if self._touched_cookie_state(request, response):
+            vary.append("Cookie")
+        if policy is not None:
+            vary.extend(policy.vary_on)
+        add_vary(response, vary)
+
+        if cacheable:
+            response = self._conditional(request, response)
+
+        timing = options["SERVER_TIMING"]
+        if timing or (timing is None and settings.DEBUG):
+            self._server_timing(response)
+        return response
+
+    def _origin(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        policy: CachePolicy,
+        user_reason: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        why_not: str | None = None
+        keys: set[str] | None = None
+        if request.method not in _CACHEABLE_METHODS:
+            why_not = f"method {request.method}"
+        elif response.status_code not in options["CACHEABLE_STATUSES"]:
+            why_not = f"status {response.status_code}"
+        elif user_reason is not None:
+            why_not = user_reason
+        elif cache_control_directives(response) & _OPTED_OUT:
+            why_not = "the view made it private or no-store"
+        else:
+            scope = collector.current()
+            wanted = set(policy.keys)
+            if scope is not None:
+                wanted |= scope.keys
+            keys = fit_keys(wanted, options["MAX_KEY_HEADER_BYTES"])
+            if keys is None:
+                why_not = "its keys do not fit MAX_KEY_HEADER_BYTES"
+                logger.warning(
+                    "Not edge-caching %s (%s): %d keys need %d bytes even collapsed to table "
+                    "keys, over MAX_KEY_HEADER_BYTES=%d.",
+                    request.path,
+                    policy.view_name,
+                    len(wanted),
+                    key_header_bytes(wanted),
+                    options["MAX_KEY_HEADER_BYTES"],
+                )
+        if keys is None:
+            if user_reason == SETS_COOKIE:
+                logger.warning(
+                    "origin_cache on %s downgraded to private for %s: %s.",
+                    policy.view_name,
+                    request.path,
+                    user_reason,
+                )
+            else:
+                logger.debug("origin_cache on %s not edge-cached: %s.", policy.view_name, why_not)
+            make_private(response)
+            return
+        browser = policy.browser_max_age
+        edge = policy.edge_max_age
+        swr = policy.stale_while_revalidate
+        sie = policy.stale_if_error
+        edge_cache(
+            response,
+            browser_max_age=options["BROWSER_MAX_AGE"] if browser is None else browser,
+            edge_max_age=options["EDGE_MAX_AGE"] if edge is None else edge,
+            stale_while_revalidate=options["STALE_WHILE_REVALIDATE"] if swr is None else swr,
+            stale_if_error=options["STALE_IF_ERROR"] if sie is None else sie,
+            keys=keys,
+            key_headers=options["KEY_HEADERS"],
+        )
+
+    @staticmethod
+    def _undecorated(
+        request: HttpRequest, response: HttpResponseBase, user_reason: str | None
+    ) -> None:
+        if user_reason is None:
+            return
+        directives = cache_control_directives(response)
+        if directives & _SHARED:
+            logger.warning(
+                "Response for %s was public but %s: made private.", request.path, user_reason
+            )
+        elif directives & _OPTED_OUT and not any(h in response.headers for h in EDGE_HEADERS):
+            return
+        make_private(response)
+
+    @staticmethod
+    def _touched_cookie_state(request: HttpRequest, response: HttpResponseBase) -> bool:
+        session = getattr(request, "session", None)
+        if session is not None and getattr(session, "accessed", False):
+            return True
+        return bool(response.cookies) and settings.CSRF_COOKIE_NAME in response.cookies
+
+    @staticmethod
+    def _conditional(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if (
+            request.method != "GET"
+            or not isinstance(response, HttpResponse)  # streaming and file responses
+            or not 200 <= response.status_code < 300
+        ):
+            return response
+        etag = set_weak_etag(response)
+        meta = request.META
+        if not any(header in meta for header in _CONDITIONAL_HEADERS):
+            return response
+        last_modified = response.headers.get("Last-Modified")
+        conditional = get_conditional_response(
+            request,
+            etag=etag,
+            last_modified=parse_http_date_safe(last_modified) if last_modified else None,
+            response=response,
+        )
+        if conditional is None or conditional is response:
+            return response
+        if conditional.status_code == 304:
+            for header in EDGE_HEADERS:
+                if header in response.headers:
+                    conditional.headers[header] = response.headers[header]
+        return conditional
+
+    @staticmethod
+    def _server_timing(response: HttpResponseBase) -> None:
+        scope = collector.current()
+        if scope is None:
+            return
+        entry = f"tiercache-hits;desc={scope.hits}, tiercache-misses;desc={scope.misses}"
+        existing = response.headers.get("Server-Timing")
+        response.headers["Server-Timing"] = f"{existing}, {entry}" if existing else entry

@@ -1,0 +1,67 @@
+"""``SurrogateKeyMixin`` for users' models, and ``PurgeRequest``, the durable purge outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from django_tiercache.keys import default_keys
+
+
+class SurrogateKeyMixin(models.Model):
+    """Track a model: saving, deleting or changing its m2m relations invalidates its keys.
+
+    Override :meth:`surrogate_keys` to add related keys, e.g. the category page of a product::
+
+        def surrogate_keys(self):
+            return [*super().surrogate_keys(), f"shop.category:{self.category_id}"]
+    """
+
+    class Meta:
+        abstract = True
+
+    def surrogate_keys(self) -> Iterable[str]:
+        """Keys a change to this instance invalidates: its object key(s) and table key(s)."""
+        return default_keys(self)
+
+
+class PurgeRequest(models.Model):
+    """Keys to purge at the edge, written in the same transaction as the change that needs them.
+
+    A row is only written when at least one purger is configured. It stays ``pending`` until every
+    purger has succeeded (``results`` remembers which did, so a retry skips them), and becomes
+    ``failed`` when a purger refused it for good (bad token, bad request).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        DONE = "done", _("done")
+        FAILED = "failed", _("failed")
+
+    keys = models.JSONField(_("keys"), default=list)
+    purge_all = models.BooleanField(_("purge everything"), default=False)
+    created = models.DateTimeField(_("created"), auto_now_add=True)
+    updated = models.DateTimeField(_("updated"), auto_now=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    #: ``{"<purger name>": {"ok": bool, "error": str, "request_ids": [...], ...}}``; the query
+    #: tier appears as ``"query"`` when its invalidation failed at commit.
+    results = models.JSONField(_("results per purger"), default=dict)
+
+    class Meta:
+        verbose_name = _("purge request")
+        verbose_name_plural = _("purge requests")
+        ordering = ("-created", "-id")
+        indexes = (models.Index(fields=("status", "created"), name="tiercache_status_created"),)
+        permissions = (("purge_cache", _("Can purge caches")),)
+
+    def __str__(self) -> str:
+        what = (
+            _("everything") if self.purge_all else _("%(count)d keys") % {"count": len(self.keys)}
+        )
+        return f"#{self.pk} {what} ({self.status})"

@@ -1,0 +1,823 @@
+"""The query tier: results in a Django cache (Redis), tagged with versioned keys.
+
+Every key has a version token in the cache. An entry records the tokens of its keys read *before*
+the database was queried; :meth:`QueryResults.invalidate` replaces the tokens on commit, so an
+entry computed from pre-commit data no longer matches and is a miss. A hit is one ``get_many``
+(one Redis round trip): the entry and the current tokens of its keys together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar
+
+from django.core.cache import BaseCache, caches
+from django.db import connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.manager import BaseManager
+from django.db.models.query import (
+    MAX_GET_RESULTS,
+    ModelIterable,
+    QuerySet,
+    prefetch_related_objects,
+)
+from django.db.models.sql.query import Query
+
+from django_tiercache import collector, lazy, outbox, planner, stats
+from django_tiercache.conf import MAX_TIMEOUT, tiercache_settings
+from django_tiercache.invalidation import collect, pending_keys
+from django_tiercache.keys import (
+    instance_keys,
+    normalize_keys,
+    register,
+    table_keys,
+)
+from django_tiercache.transport import Transport, transport_for
+
+_M = TypeVar("_M", bound=models.Model)
+
+logger = logging.getLogger(__name__)
+
+#: Version tokens outlive every entry (entry TTLs are capped below this), so a token that expires
+#: can never make an old entry match again.
+VERSION_TIMEOUT = 2 * MAX_TIMEOUT
+#: Longest time a single-flight lock is held by a caller that died while computing.
+LOCK_TIMEOUT = 30
+
+
+class Entry(NamedTuple):
+    """What the cache stores: the key tags, their tokens when computed, freshness, the value."""
+
+    tags: tuple[str, ...]
+    versions: tuple[int, ...]
+    fresh_until: float
+    value: Any
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The result of reading one entry and the current versions of its tags."""
+
+    entry: Entry | None
+    current: tuple[int | None, ...]  # current token of each tag, None if it has none
+    locked: bool = False  # this caller took the single-flight lock
+
+    @property
+    def valid(self) -> bool:
+        return self.entry is not None and self.entry.versions == self.current
+
+    @property
+    def fresh(self) -> bool:
+        return self.valid and time.time() < self.entry.fresh_until  # type: ignore[union-attr]
+
+
+class _Outage:
+    """Fail-open bookkeeping: one warning per outage, one notice on recovery."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: Exception) -> None:
+        stats.incr("query_errors")
+        with self._lock:
+            first, self.down = not self.down, True
+        if first:
+            logger.warning(
+                "tiercache: query-tier cache unavailable (%s: %s); reading from the database "
+                "until it recovers",
+                type(exc).__name__,
+                exc,
+            )
+
+    def succeeded(self) -> bool:
+        """Note a working cache; True for the first success after an outage."""
+        if not self.down:
+            return False
+        with self._lock:
+            was_down, self.down = self.down, False
+        if was_down:
+            logger.warning("tiercache: query-tier cache recovered")
+        return was_down
+
+
+class _Recent:
+    """Keys this process invalidated in the last few seconds: their entries are likely misses,
+    so reading them also takes the single-flight lock (one round trip fewer). A hint only."""
+
+    def __init__(self, window: float = 5.0, size: int = 10_000) -> None:
+        self.window, self.size = window, size
+        self._seen: dict[str, float] = {}
+
+    def note(self, keys: Iterable[str]) -> None:
+        if len(self._seen) > self.size:
+            self._seen.clear()
+        now = time.monotonic()
+        for key in keys:
+            self._seen[key] = now
+
+    def any(self, keys: Iterable[str]) -> bool:
+        seen = self._seen
+        if not seen:
+            return False
+        horizon = time.monotonic() - self.window
+        return any(seen.get(key, 0.0) > horizon for key in keys)
+
+
+class CacheUnavailable(Exception):
+    """Raised inside the tier when the cache failed and ``FAIL_OPEN`` is on."""
+
+
+class QueryResults:
+    """Tagged results in the query-tier cache (``TIERCACHE["CACHE_ALIAS"]``).
+
+    ``get``/``set``/``delete``/``get_or_set`` take ``keys`` (surrogate keys) the entry depends on;
+    invalidating any of them makes the entry a miss. A cached ``None`` or empty list is a hit.
+    """
+
+    def __init__(self) -> None:
+        self.outage = _Outage()
+        self._transport: Transport | None = None
+        self._prefix_cache: tuple[str, tuple[str, str, str]] | None = None
+        self.recently_invalidated = _Recent()
+
+    # -- names --------------------------------------------------------------------------------
+
+    @property
+    def cache(self) -> BaseCache:
+        return caches[tiercache_settings.CACHE_ALIAS]
+
+    def entry_key(self, name: str) -> str:
+        return f"{self._prefixes()[0]}{name}"
+
+    def version_key(self, tag: str) -> str:
+        return f"{self._prefixes()[1]}{tag}"
+
+    def lock_key(self, name: str) -> str:
+        return f"{self._prefixes()[2]}{name}"
+
+    def _prefixes(self) -> tuple[str, str, str]:
+        """Entry, version and lock key prefixes (entries carry the schema version)."""
+        prefix = tiercache_settings.KEY_PREFIX
+        if self._prefix_cache is None or self._prefix_cache[0] != prefix:
+            from django_tiercache.schema import schema_version
+
+            self._prefix_cache = (
+                prefix,
+                (f"{prefix}:{schema_version()}:e:", f"{prefix}:v:", f"{prefix}:l:"),
+            )
+        return self._prefix_cache[1]
+
+    # -- cache access, failing open -------------------------------------------------------------
+
+    def _guard(self, operation: Callable[[], Any]) -> Any:
+        try:
+            result = operation()
+        except Exception as exc:
+            if not tiercache_settings.FAIL_OPEN:
+                raise
+            self.outage.failed(exc)
+            raise CacheUnavailable from exc
+        if self.outage.succeeded():
+            # Back after an outage: commits made meanwhile could not invalidate (the outbox kept
+            # their keys). Invalidate them before anything is served; this one call reads the
+            # database.
+            self._recover()
+            raise CacheUnavailable
+        return result
+
+    def _recover(self) -> None:
+        try:
+            outbox.retry_query_failures()
+        except Exception:
+            logger.exception("tiercache: re-invalidating the keys missed during the outage failed")
+
+    @property
+    def transport(self) -> Transport:
+        cache = self.cache
+        if self._transport is None or self._transport.cache is not cache:
+            self._transport = transport_for(cache)
+        return self._transport
+
+    def lookup(
+        self, name: str, tags: Sequence[str], *, lock: bool = False, force: bool = False
+    ) -> Lookup:
+        """Read the entry and the versions of ``tags`` in one round trip.
+
+        With ``lock``, a missing entry (any entry, with ``force``) also takes the single-flight
+        lock in that round trip, atomically with the read.
+        """
+        version_prefix = self._prefixes()[1]
+        version_keys = [version_prefix + tag for tag in tags]
+        lock_key = self.lock_key(name) if lock else None
+        entry, current, locked = self._guard(
+            lambda: self.transport.read(
+                self.entry_key(name), version_keys, lock_key, LOCK_TIMEOUT, force
+            )
+        )
+        if entry is not None and not (isinstance(entry, Entry) and entry.tags == tuple(tags)):
+            if not isinstance(entry, tuple):  # garbage in the cache: a miss, and counted
+                stats.incr("query_errors")
+            entry = None
+        return Lookup(entry, tuple(current), locked)
+
+    def _store(
+        self, name: str, tags: Sequence[str], before: Lookup, value: Any, ttl: float, locked: bool
+    ) -> None:
+        """Store ``value`` with the versions read *before* computing it, releasing the lock.
+
+        A tag without a token gets one, but only if still absent: if an invalidation set one
+        meanwhile, the stored entry does not match it and is never served.
+        """
+        tokens = list(before.current)
+        created: dict[str, int] = {}
+        for index, (tag, token) in enumerate(zip(tags, tokens, strict=True)):
+            if token is None:
+                tokens[index] = created[self.version_key(tag)] = secrets.randbits(62)
+        versions = tuple(token for token in tokens if token is not None)
+        entry = Entry(tuple(tags), versions, time.time() + ttl, value)
+        stale = float(tiercache_settings.STALE_TIMEOUT)
+        self._guard(
+            lambda: self.transport.write(
+                self.entry_key(name),
+                entry,
+                ttl + stale,
+                created,
+                VERSION_TIMEOUT,
+                self.lock_key(name) if locked else None,
+            )
+        )
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None, keys: Iterable[str] = ()) -> Any:
+        """The value under ``key`` if none of its ``keys`` was invalidated since, else default."""
+        try:
+            found = self.lookup(key, sorted(normalize_keys(keys)))
+        except CacheUnavailable:
+            return default
+        return found.entry.value if found.fresh and found.entry else default
+
+    def set(
+        self, key: str, value: Any, timeout: float | None = None, keys: Iterable[str] = ()
+    ) -> None:
+        """Store ``value`` under ``key``, tagged with ``keys``.
+
+        The versions are read now: prefer :meth:`get_or_set`, which reads them before computing.
+        """
+        tags = sorted(normalize_keys(keys))
+        with contextlib.suppress(CacheUnavailable):
+            self._store(key, tags, self.lookup(key, tags), value, _ttl(timeout), locked=False)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(CacheUnavailable):
+            self._guard(lambda: self.cache.delete(self.entry_key(key)))
+
+    def get_or_set(
+        self,
+        key: str,
+        compute: Callable[[], Any],
+        timeout: float | None = None,
+        keys: Iterable[str] = (),
+    ) -> Any:
+        """The value under ``key``, or ``compute()`` stored under it (single-flight, SWR)."""
+        return self.fetch(key, sorted(normalize_keys(keys)), compute, timeout)
+
+    def fetch(
+        self,
+        name: str,
+        tags: Sequence[str],
+        compute: Callable[[], Any],
+        timeout: float | None = None,
+        *,
+        store: bool = True,
+        storable: Callable[[], bool] = lambda: True,
+        expect_miss: bool = False,
+    ) -> Any:
+        """Serve ``name`` or compute it once: the engine behind querysets and ``get_or_set``.
+
+        A fresh valid entry is a hit. A valid entry past its freshness but within
+        ``STALE_TIMEOUT`` is served stale while one caller (holding the lock) refreshes it. On a
+        miss one caller computes and the others wait up to ``SINGLE_FLIGHT_WAIT`` seconds for
+        its result. After computing, the entry is stored only if ``store`` and ``storable()``.
+        With the cache down, ``compute()`` is returned as is. ``expect_miss`` takes the lock in
+        the reading round trip (two round trips for a miss instead of three).
+        """
+        ttl = _ttl(timeout)  # a bad timeout raises here, before any lock is taken
+        scope = collector.current()
+        if scope is not None:
+            scope.keys.update(tags)
+        try:
+            found = self.lookup(name, tags, lock=expect_miss)
+        except CacheUnavailable:
+            return compute()
+        if found.fresh:
+            stats.incr("query_hits")
+            if scope is not None:
+                scope.hits += 1
+            return found.entry.value  # type: ignore[union-attr]
+        if scope is not None:
+            scope.misses += 1
+        locked = found.locked
+        if not locked and not (expect_miss and found.entry is None):
+            # Take the lock and look again in one round trip: whoever held it may have just
+            # stored a fresh entry, which then is served instead of being computed twice.
+            try:
+                found = self.lookup(name, tags, lock=True, force=True)
+            except CacheUnavailable:
+                return compute()
+            locked = found.locked
+            if found.fresh:
+                if locked:
+                    self._unlock(name)
+                stats.incr("query_hits")
+                return found.entry.value  # type: ignore[union-attr]
+        if not locked and found.valid:  # expired, within the stale window: serve it stale
+            stats.incr("query_stale")
+            return found.entry.value  # type: ignore[union-attr]
+        if not locked:
+            waited = self._wait_for(name, tags)
+            if waited is not None:
+                stats.incr("query_hits")
+                return waited.entry.value  # type: ignore[union-attr]
+            found = self._relookup(name, tags, found)
+        stats.incr("query_misses")
+        try:
+            value = compute()
+        except BaseException:
+            if locked:
+                self._unlock(name)
+            raise
+        try:
+            if store and storable():
+                self._store(name, tags, found, value, ttl, locked)
+            elif locked:
+                self._unlock(name)
+        except CacheUnavailable:
+            pass
+        return value
+
+    def _unlock(self, name: str) -> None:
+        with contextlib.suppress(CacheUnavailable):
+            self._guard(lambda: self.transport.unlock(self.lock_key(name)))
+
+    def _wait_for(self, name: str, tags: Sequence[str]) -> Lookup | None:
+        """Poll for the entry another caller is computing; None after the bounded wait."""
+        deadline = time.monotonic() + float(tiercache_settings.SINGLE_FLIGHT_WAIT)
+        pause = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            try:
+                found = self.lookup(name, tags)
+            except CacheUnavailable:
+                return None
+            if found.fresh:
+                return found
+        return None
+
+    def _relookup(self, name: str, tags: Sequence[str], previous: Lookup) -> Lookup:
+        """Fresh versions before computing after a wait (the earlier ones may be outdated)."""
+        try:
+            return self.lookup(name, tags)
+        except CacheUnavailable:
+            return previous
+
+    # -- invalidation ---------------------------------------------------------------------------
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        """Give each key a new version: every entry tagged with one of them becomes a miss.
+
+        Raises when the cache is unreachable: the caller (the commit hook) records the failure in
+        the outbox so that a redrive retries it.
+        """
+        keys = normalize_keys(keys)
+        if keys:
+            token = secrets.randbits(62)
+            self.cache.set_many({self.version_key(k): token for k in keys}, VERSION_TIMEOUT)
+            self.recently_invalidated.note(keys)
+
+    def invalidate_all(self) -> None:
+        """Drop every entry and version token of the query tier (``KEY_PREFIX``).
+
+        With django-redis only this library's keys go (``delete_pattern``); any other cache
+        backend is cleared whole.
+        """
+        cache: Any = self.cache
+        if hasattr(cache, "delete_pattern"):
+            cache.delete_pattern(f"{tiercache_settings.KEY_PREFIX}:*")
+        else:
+            cache.clear()
+
+    def versions(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Current version token of each key (None when it has none yet)."""
+        tags = sorted(normalize_keys(keys))
+        found = self.cache.get_many([self.version_key(k) for k in tags])
+        return {k: found.get(self.version_key(k)) for k in tags}
+
+
+def _ttl(timeout: float | None) -> float:
+    value = tiercache_settings.TIMEOUT if timeout is None else timeout
+    if not (isinstance(value, int | float) and 0 < value < MAX_TIMEOUT):
+        raise ValueError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT})")
+    return float(value)
+
+
+#: The process-wide service, like Warehouse's RedisQueryResults.
+query_results = QueryResults()
+
+
+# -- querysets ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    timeout: float | None
+    keys: tuple[str, ...]
+
+
+class CachedQuerySet(QuerySet[_M]):
+    """A QuerySet whose ``.cached()`` evaluations are served from the query tier.
+
+    Served from the cache: iteration and ``list()``, ``get()``, ``first()``/``last()``,
+    ``count()``, ``exists()``, ``aggregate()``, ``values()``/``values_list()``, ``in_bulk()`` and
+    slices. ``iterator()`` and ``select_for_update()`` always go to the database. ``update()``,
+    ``bulk_create()`` and ``bulk_update()`` invalidate the keys of the rows they change.
+    """
+
+    _tiercache: CacheOptions | None = None
+    #: Operations recorded instead of applied (see django_tiercache.lazy); None when not lazy.
+    _operations: tuple[lazy.Operation, ...] | None = None
+    #: "pristine" when the query is known to be as a plain manager makes it (no check needed).
+    _pristine: str | None = None
+
+    if TYPE_CHECKING:  # Django's private QuerySet state, which django-stubs does not declare
+        _query: Query
+        _db: str | None
+        _hints: dict[str, Any]
+        _for_write: bool
+        _prefetch_related_lookups: tuple[Any, ...]
+        _known_related_objects: dict[Any, dict[Any, Any]]
+        _fields: tuple[str, ...] | None
+        _deferred_filter: Any
+        _sticky_filter: bool
+
+        def _chain(self) -> Self: ...
+        def _filter_or_exclude_inplace(self, negate: bool, args: Any, kwargs: Any) -> None: ...
+
+    def _clone(self) -> Self:
+        clone: Self = super()._clone()  # type: ignore[misc]  # applies pending operations first
+        clone._tiercache = self._tiercache
+        return clone
+
+    def cached(self, timeout: float | None = None, keys: Iterable[str] = ()) -> Self:
+        """Serve this queryset's evaluations from the query tier.
+
+        ``timeout`` (seconds) overrides ``TIERCACHE["TIMEOUT"]``; ``keys`` adds surrogate keys
+        the results also depend on (invalidating one of them makes them a miss).
+        """
+        clone = self._chain()
+        clone._tiercache = _options(timeout, keys)
+        return clone
+
+    def uncached(self) -> Self:
+        """This queryset without the query tier."""
+        clone = self._chain()
+        clone._tiercache = None
+        return clone
+
+    # -- lazy operations ----------------------------------------------------------------------
+
+    @property
+    def query(self) -> Query:
+        """The ``Query``, built from the recorded operations first if there are any.
+
+        Whoever reads it may change it, so from then on this queryset is no longer lazy.
+        """
+        operations = self._operations
+        self._operations = self._pristine = None
+        for operation in operations or ():  # exactly what filter()/order_by()/[a:b] do
+            self._query = self._query.chain()
+            if operation[0] == "filter":
+                self._filter_or_exclude_inplace(operation[1], (), operation[3])
+            elif operation[0] == "order_by":
+                self._query.clear_ordering(force=True, clear_default=False)
+                self._query.add_ordering(*operation[1])
+            else:
+                self._query.set_limits(operation[1], operation[2])
+        return super().query
+
+    @query.setter
+    def query(self, value: Query) -> None:
+        self._operations = self._pristine = None
+        QuerySet.query.fset(self, value)  # type: ignore[attr-defined]
+
+    def _lazy_base(self) -> bool:
+        """Whether operations can be recorded on this queryset instead of applied."""
+        return (
+            self._tiercache is not None
+            and self._result_cache is None
+            and not self._deferred_filter
+            and not self._sticky_filter
+            and not self._query.combinator
+            and not self._query.select_for_update
+        )
+
+    def _record(self, *operations: lazy.Operation) -> Self:
+        clone = self.__class__(
+            model=self.model, query=self._query, using=self._db, hints=self._hints
+        )
+        clone._for_write = self._for_write
+        clone._prefetch_related_lookups = self._prefetch_related_lookups[:]
+        clone._known_related_objects = self._known_related_objects
+        clone._iterable_class = self._iterable_class
+        clone._fields = self._fields
+        clone._tiercache = self._tiercache
+        clone._pristine = self._pristine
+        clone._operations = (*(self._operations or ()), *operations)
+        return clone
+
+    def _sliced_lazily(self) -> bool:
+        return self._query.is_sliced or any(op[0] == "slice" for op in self._operations or ())
+
+    def filter(self, *args: Any, **kwargs: Any) -> Self:
+        lookups = None if args or not self._lazy_base() else lazy.record_lookups(kwargs)
+        if lookups is None or self._sliced_lazily():
+            return super().filter(*args, **kwargs)
+        return self._record(("filter", False, lookups, kwargs))
+
+    def exclude(self, *args: Any, **kwargs: Any) -> Self:
+        lookups = None if args or not self._lazy_base() else lazy.record_lookups(kwargs)
+        if lookups is None or self._sliced_lazily():
+            return super().exclude(*args, **kwargs)
+        return self._record(("filter", True, lookups, kwargs))
+
+    def order_by(self, *field_names: Any) -> Self:
+        if not (self._lazy_base() and all(isinstance(f, str) for f in field_names)):
+            return super().order_by(*field_names)
+        if self._sliced_lazily():
+            return super().order_by(*field_names)  # raises as Django does
+        return self._record(("order_by", tuple(field_names)))
+
+    def __getitem__(self, k: Any) -> Any:
+        if (
+            isinstance(k, slice)
+            and self._lazy_base()
+            and k.step is None
+            and all(v is None or (isinstance(v, int) and v >= 0) for v in (k.start, k.stop))
+        ):
+            return self._record(("slice", k.start, k.stop))
+        return super().__getitem__(k)
+
+    def get(self, *args: Any, **kwargs: Any) -> _M:
+        lookups = None if args or not self._lazy_base() else lazy.record_lookups(kwargs)
+        if lookups is None or self._sliced_lazily():
+            return super().get(*args, **kwargs)
+        # Django's get(): filter, drop the ordering, fetch at most MAX_GET_RESULTS rows.
+        clone = self._record(
+            ("filter", False, lookups, kwargs), ("order_by", ()), ("slice", None, MAX_GET_RESULTS)
+        )
+        rows = len(clone)
+        if rows == 1:
+            return clone._result_cache[0]  # type: ignore[index]
+        model: Any = self.model
+        if not rows:
+            raise model.DoesNotExist(
+                f"{self.model._meta.object_name} matching query does not exist."
+            )
+        raise model.MultipleObjectsReturned(
+            f"get() returned more than one {self.model._meta.object_name} -- it returned "
+            f"{rows if rows < MAX_GET_RESULTS else f'more than {MAX_GET_RESULTS - 1}'}!"
+        )
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _plan(self, kind: str, shape: tuple[Any, ...]) -> planner.Plan:
+        options = self._tiercache
+        assert options is not None
+        lookups = self._prefetch_related_lookups
+        prefetch = planner.prefetch_shape(lookups)
+        if self._operations is None:
+            name = planner.fingerprint(self.query, prefetch, options.keys, kind, self.db, *shape)
+        else:
+            base = self._pristine or lazy.base_identity(self._query)
+            name = lazy.lazy_name(
+                base,
+                self.model._meta.label,
+                self._operations,
+                kind,
+                self.db,
+                options.keys,
+                prefetch,
+                *shape,
+            )
+        known = _plans.get(name)
+        if known is None:
+            built = planner.plan(self.query, lookups, options.keys, name)
+            known = _plans.remember(name, built)
+        elif known.first_use:
+            known = _plans.remember(name, replace(known, first_use=False))
+        return known
+
+    def _through_tier(self, kind: str, compute: Callable[[], Any], *shape: Any) -> Any:
+        options = self._tiercache
+        assert options is not None
+        if self._query.select_for_update:
+            stats.incr("query_bypasses")
+            return compute()
+        query_plan = self._plan(kind, shape)
+        if not query_plan.cacheable:
+            _warn_once(self.model, query_plan.reason)
+            stats.incr("query_bypasses")
+            return compute()
+        connection = connections[self.db]
+        if connection.in_atomic_block and pending_keys(connection) & query_plan.depends_on:
+            stats.incr("query_bypasses")  # read your own uncommitted writes
+            return compute()
+        seen: set[str] = set()
+
+        def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            seen.update(planner.tables_in_sql(sql))
+            return execute(sql, params, many, context)
+
+        def compute_capturing() -> Any:
+            with connection.execute_wrapper(capture):
+                return compute()
+
+        return query_results.fetch(
+            query_plan.name,
+            query_plan.tags,
+            compute_capturing,
+            options.timeout,
+            store=_may_store(connection),
+            storable=lambda: seen <= query_plan.tables,
+            expect_miss=query_plan.first_use
+            or query_results.recently_invalidated.any(query_plan.tags),
+        )
+
+    def _fetch_all(self) -> None:
+        if self._result_cache is None and self._tiercache is not None:
+            lookups = self._prefetch_related_lookups
+
+            def compute() -> list[Any]:
+                rows: list[Any] = [*self._iterable_class(self)]  # type: ignore[misc]
+                if lookups and rows and self._iterable_class is ModelIterable:
+                    prefetch_related_objects(rows, *lookups)
+                return rows
+
+            rows = self._through_tier(
+                "rows", compute, self._iterable_class.__qualname__, self._fields
+            )
+            self._result_cache = list(rows)
+            self._prefetch_done = True
+            self._restore_known_related_objects()
+        super()._fetch_all()
+
+    def _restore_known_related_objects(self) -> None:
+        """Point cached rows at the caller's related instances, as Django's iterable does."""
+        if not self._known_related_objects or self._iterable_class is not ModelIterable:
+            return
+        for field, instances in self._known_related_objects.items():
+            for row in self._result_cache or ():
+                related = instances.get(getattr(row, field.attname))
+                if related is not None:
+                    setattr(row, field.name, related)
+
+    def count(self) -> int:
+        if self._result_cache is not None or self._tiercache is None:
+            return super().count()
+        return int(self._through_tier("count", super().count))
+
+    def exists(self) -> bool:
+        if self._result_cache is not None or self._tiercache is None:
+            return super().exists()
+        return bool(self._through_tier("exists", super().exists))
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self._tiercache is None:
+            return super().aggregate(*args, **kwargs)
+        compute = functools.partial(super().aggregate, *args, **kwargs)
+        return dict(self._through_tier("aggregate", compute, args, sorted(kwargs.items())))
+
+    # -- writes through the manager -------------------------------------------------------------
+
+    def update(self, **kwargs: Any) -> int:
+        """Update the rows and, on commit, invalidate their keys as they were and as they are."""
+        with transaction.atomic(using=self.db, savepoint=False):
+            before = list(self.uncached().order_by().iterator())
+            count = super().update(**kwargs)
+            self._invalidate_rows(before)
+        return count
+
+    def _invalidate_rows(self, before: Sequence[models.Model]) -> None:
+        rows: QuerySet[models.Model] = self.model._base_manager.using(self.db)
+        after = list(rows.filter(pk__in=[o.pk for o in before]).iterator())
+        keys = set(table_keys(self.model))
+        for row in [*before, *after]:
+            keys |= instance_keys(row)
+        collect(keys, self.db)
+
+    def bulk_create(self, objs: Iterable[_M], *args: Any, **kwargs: Any) -> list[_M]:
+        created = super().bulk_create(objs, *args, **kwargs)
+        keys = set(table_keys(self.model))
+        for obj in created:
+            if obj.pk is not None:
+                keys |= instance_keys(obj)
+        collect(keys, self.db)
+        return created
+
+    def bulk_update(
+        self, objs: Iterable[_M], fields: Iterable[str], batch_size: int | None = None
+    ) -> int:
+        objs = list(objs)
+        with transaction.atomic(using=self.db, savepoint=False):
+            rows = self.model._base_manager.using(self.db)
+            before = list(rows.filter(pk__in=[obj.pk for obj in objs]).iterator())
+            count = super().bulk_update(objs, fields, batch_size=batch_size)
+            self._invalidate_rows(before)
+        return count
+
+
+class TierCacheManager(models.Manager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
+    """The manager of models whose querysets can be ``.cached()``.
+
+    A model that uses it is tracked even without :class:`SurrogateKeyMixin`: its changes
+    invalidate its object and table keys.
+    """
+
+    def cached(self, timeout: float | None = None, keys: Iterable[str] = ()) -> CachedQuerySet[Any]:
+        """``get_queryset().cached(...)``; see :meth:`CachedQuerySet.cached`."""
+        queryset: CachedQuerySet[Any] = self.get_queryset()
+        if type(self).get_queryset is not BaseManager.get_queryset:
+            return queryset.cached(timeout, keys)
+        # A fresh queryset of a plain manager: nothing to copy, and its query filters nothing.
+        queryset._tiercache = _options(timeout, keys)
+        queryset._pristine, queryset._operations = "pristine", ()
+        return queryset
+
+    def contribute_to_class(self, cls: type[models.Model], name: str) -> None:
+        super().contribute_to_class(cls, name)
+        if not cls._meta.abstract:
+            register(cls)
+
+
+def _options(timeout: float | None, keys: Iterable[str]) -> CacheOptions:
+    if timeout is not None:
+        _ttl(timeout)  # a bad timeout fails at the call site, not at evaluation
+    return CacheOptions(timeout, tuple(sorted(normalize_keys(keys))) if keys else ())
+
+
+class _PlanMemo:
+    """Plans of lazy querysets by name, so that a hit never builds the query (bounded)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._plans: dict[str, planner.Plan] = {}
+
+    def get(self, name: str) -> planner.Plan | None:
+        return self._plans.get(name)
+
+    def remember(self, name: str, plan: planner.Plan) -> planner.Plan:
+        if len(self._plans) >= self.size:
+            self._plans.clear()
+        self._plans[name] = plan
+        return plan
+
+
+_plans = _PlanMemo()
+
+
+def _may_store(connection: BaseDatabaseWrapper) -> bool:
+    """Whether a result read now may be stored: not inside a snapshot that can predate a commit.
+
+    Outside a transaction every statement sees all commits made before it. Inside one, only
+    PostgreSQL's default READ COMMITTED does; other databases keep an older snapshot.
+    """
+    if not connection.in_atomic_block:
+        return True
+    if connection.vendor != "postgresql":
+        return False
+    level = connection.settings_dict.get("OPTIONS", {}).get("isolation_level")
+    return level in (None, 1)  # psycopg IsolationLevel.READ_COMMITTED == 1
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(model: type[models.Model], reason: str) -> None:
+    marker = (model._meta.label, reason)
+    if marker not in _warned:
+        _warned.add(marker)
+        logger.warning(
+            "tiercache: %s queries are not cached: %s. Add SurrogateKeyMixin or "
+            "django_tiercache.register() to those models.",
+            model._meta.label,
+            reason,
+        )

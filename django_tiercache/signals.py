@@ -1,0 +1,136 @@
+"""Receivers that turn model changes into invalidated keys.
+
+They are connected per tracked model (``AppConfig.ready`` and :func:`django_tiercache.register`),
+never for every model: a model with no ``post_delete`` receiver keeps Django's fast deletes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+
+from django_tiercache.invalidation import collect
+from django_tiercache.keys import instance_keys, is_tracked, table_key, table_keys
+
+_UID = "django_tiercache"
+
+
+def connect() -> None:
+    """Connect the receivers of every tracked model (mixin subclasses and registered models)."""
+    for model in apps.get_models():
+        if is_tracked(model):
+            track(model)
+
+
+def track(model: type[models.Model]) -> None:
+    """Connect the receivers for ``model`` and the through models of its many-to-many fields."""
+    label = model._meta.label_lower
+    post_save.connect(_on_change, sender=model, dispatch_uid=f"{_UID}.save.{label}")
+    post_delete.connect(_on_change, sender=model, dispatch_uid=f"{_UID}.delete.{label}")
+    for through in _through_models(model):
+        m2m_changed.connect(
+            _on_m2m_changed, sender=through, dispatch_uid=f"{_UID}.m2m.{through._meta.label_lower}"
+        )
+    for field in model._meta.concrete_fields:
+        if _updated_on_delete(field):
+            referenced = field.related_model
+            assert isinstance(referenced, type)
+            pre_delete.connect(
+                _RowsUpdatedOnDelete(model, field.name),
+                sender=referenced,
+                weak=False,
+                dispatch_uid=f"{_UID}.on_delete.{label}.{field.name}",
+            )
+
+
+def _updated_on_delete(field: Any) -> bool:
+    """A foreign key whose rows Django updates, without signals, when its target is deleted."""
+    on_delete = getattr(getattr(field, "remote_field", None), "on_delete", None)
+    return on_delete in (models.SET_NULL, models.SET_DEFAULT) or (
+        getattr(on_delete, "__name__", "") == "set_on_delete"  # models.SET(...)
+    )
+
+
+class _RowsUpdatedOnDelete:
+    """Invalidates the rows of ``model`` that a deletion will point elsewhere (SET_NULL etc.)."""
+
+    def __init__(self, model: type[models.Model], field_name: str) -> None:
+        self.model, self.field_name = model, field_name
+
+    def __call__(self, sender: Any, instance: models.Model, using: str, **_: Any) -> None:
+        rows = self.model._base_manager.using(using).filter(**{self.field_name: instance.pk})
+        keys: set[str] = set()
+        for row in rows.iterator():
+            keys |= instance_keys(row)
+        if keys:
+            collect(keys | set(table_keys(self.model)), using)
+
+
+def _through_models(model: type[models.Model]) -> Iterator[type[models.Model]]:
+    for field in model._meta.get_fields(include_hidden=True):
+        if field.many_to_many and field.remote_field is not None:
+            through = getattr(field, "through", None) or field.remote_field.through  # type: ignore[union-attr]
+            if isinstance(through, type):
+                yield through
+
+
+def _on_change(sender: type[models.Model], instance: models.Model, using: str, **_: Any) -> None:
+    collect(instance_keys(instance), using)
+
+
+def _m2m_field(
+    sender: type[models.Model], owner: type[models.Model]
+) -> models.ManyToManyField[Any, Any]:
+    for field in owner._meta.many_to_many:
+        if field.remote_field.through is sender:
+            return field
+    raise LookupError(f"No many-to-many field of {owner._meta.label} uses {sender._meta.label}")
+
+
+def _cleared_pks(
+    sender: type[models.Model],
+    instance: models.Model,
+    reverse: bool,
+    model: type[models.Model],
+    using: str,
+) -> Iterable[Any]:
+    """Primary keys on the other side of a relation that is about to be cleared."""
+    field = _m2m_field(sender, model if reverse else type(instance))
+    source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
+    if reverse:
+        source, target = target, source
+    rows = sender._base_manager.using(using).filter(**{source: instance.pk})
+    return rows.values_list(target, flat=True)
+
+
+def _on_m2m_changed(
+    sender: type[models.Model],
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    model: type[models.Model],
+    pk_set: set[Any] | None,
+    using: str,
+    **_: Any,
+) -> None:
+    if action not in ("post_add", "post_remove", "pre_clear"):
+        return
+    own, other = is_tracked(type(instance)), is_tracked(model)
+    if not (own or other):
+        return
+    keys = {table_key(sender)}
+    if own:
+        keys |= instance_keys(instance)
+    if other:
+        pks = (
+            list(_cleared_pks(sender, instance, reverse, model, using))
+            if action == "pre_clear"
+            else list(pk_set or ())
+        )
+        for related in model._base_manager.using(using).filter(pk__in=pks):
+            keys |= instance_keys(related)
+    collect(keys, using)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+
+from django_tiercache.purgers import locmem
+
+_RUN = f"tct{os.getpid()}"
+_counter = itertools.count()
+
+LOCMEM_PURGERS = {"edge": {"BACKEND": "django_tiercache.purgers.locmem.LocMemPurger"}}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tiercache(settings: Any) -> Iterator[None]:
+    """A key prefix of its own per test, so tests never see each other's entries in a real Redis."""
+    settings.TIERCACHE = {**settings.TIERCACHE, "KEY_PREFIX": f"{_RUN}-{next(_counter)}"}
+    locmem.reset()
+    yield
+    locmem.reset()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_keys() -> Iterator[None]:
+    yield
+    cache: Any = caches["default"]
+    if hasattr(cache, "delete_pattern"):
+        cache.delete_pattern(f"{_RUN}-*")
+
+
+@pytest.fixture
+def purgers(settings: Any) -> list[locmem.PurgeCall]:
+    """A locmem purger configured; returns its list of calls."""
+    settings.TIERCACHE = {**settings.TIERCACHE, "PURGERS": LOCMEM_PURGERS}
+    return locmem.calls

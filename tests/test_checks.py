@@ -1,0 +1,170 @@
+"""System checks report bad settings at start-up with stable ids and hints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, current_app
+from django.core import checks
+from django.test import override_settings
+
+from django_tiercache.conf import tiercache_settings
+
+LOCMEM = "django_tiercache.purgers.locmem.LocMemPurger"
+
+# Django's own model checks may ask the database what it supports (JSONField on SQLite).
+pytestmark = pytest.mark.django_db
+
+
+def ids(**tiercache: Any) -> list[str]:
+    with override_settings(TIERCACHE=tiercache):
+        return sorted(m.id for m in checks.run_checks() if m.id and m.id.startswith("tiercache"))
+
+
+def messages(**tiercache: Any) -> list[checks.CheckMessage]:
+    with override_settings(TIERCACHE=tiercache):
+        return [m for m in checks.run_checks() if m.id and m.id.startswith("tiercache")]
+
+
+def test_defaults_pass() -> None:
+    assert ids() == []
+
+
+def test_unknown_key_has_a_hint() -> None:
+    (msg,) = messages(TIMEOUTS=3)
+    assert msg.id == "tiercache.E001"
+    assert "TIMEOUT" in (msg.hint or "")
+
+
+def test_unknown_http_key() -> None:
+    assert ids(HTTP={"EDGE_MAXAGE": 3}) == ["tiercache.E001"]
+
+
+@pytest.mark.parametrize(
+    "tiercache",
+    [
+        {"FAIL_OPEN": "yes"},
+        {"PURGERS": []},
+        {"KEY_PREFIX": "has space"},
+        {"STALE_TIMEOUT": -1},
+        {"HTTP": {"MAX_KEY_HEADER_BYTES": 10}},
+        {"HTTP": {"KEY_HEADERS": ["X-Key"]}},
+        {"HTTP": {"CACHEABLE_STATUSES": [200, "404"]}},
+    ],
+)
+def test_wrong_types(tiercache: dict[str, Any]) -> None:
+    assert ids(**tiercache) == ["tiercache.E002"]
+
+
+def test_setting_that_is_not_a_dict() -> None:
+    with override_settings(TIERCACHE=["nope"]):
+        assert [m.id for m in checks.run_checks() if m.id and m.id.startswith("tiercache")] == [
+            "tiercache.E002"
+        ]
+
+
+def test_unknown_cache_alias() -> None:
+    (msg,) = messages(CACHE_ALIAS="nope")
+    assert msg.id == "tiercache.E003"
+    assert "'default'" in (msg.hint or "")
+
+
+@pytest.mark.parametrize("timeout", [None, float("inf"), float("nan"), 0, -5, "300", 10**6])
+def test_timeout_must_be_finite(timeout: Any) -> None:
+    assert ids(TIMEOUT=timeout) == ["tiercache.E006"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"BACKEND": "no.such.Purger"},
+        {"BACKEND": "django_tiercache.conf.TierCacheSettings"},
+        {},
+        "django_tiercache.purgers.locmem.LocMemPurger",
+    ],
+)
+def test_bad_purger_backend(config: Any) -> None:
+    (msg,) = messages(PURGE_ASYNC=False, PURGERS={"edge": config})
+    assert msg.id == "tiercache.E004"
+    assert "'edge'" in msg.msg
+
+
+def test_missing_purger_option_names_the_purger(monkeypatch: Any) -> None:
+    from django_tiercache.purgers.locmem import LocMemPurger
+
+    monkeypatch.setattr(LocMemPurger, "required_options", ("SERVICE_ID", "API_TOKEN"))
+    (msg,) = messages(PURGE_ASYNC=False, PURGERS={"cdn": {"BACKEND": LOCMEM, "SERVICE_ID": "s"}})
+    assert msg.id == "tiercache.E005"
+    assert "'cdn'" in msg.msg
+    assert "API_TOKEN" in msg.msg
+
+
+def test_purger_errors_never_show_secrets(monkeypatch: Any) -> None:
+    from django_tiercache.purgers.locmem import LocMemPurger
+
+    monkeypatch.setattr(LocMemPurger, "required_options", ("SERVICE_ID",))
+    (msg,) = messages(
+        PURGE_ASYNC=False, PURGERS={"cdn": {"BACKEND": LOCMEM, "API_TOKEN": "s3cr3t"}}
+    )
+    assert "s3cr3t" not in f"{msg.msg} {msg.hint}"
+
+
+def test_dispatcher_must_import() -> None:
+    assert ids(DISPATCHER="no.such.dispatch") == ["tiercache.E007"]
+
+
+def test_non_redis_cache_warns_in_production() -> None:
+    locmem = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with override_settings(CACHES=locmem, DEBUG=False):
+        assert ids() == ["tiercache.W001"]
+    with override_settings(CACHES=locmem, DEBUG=True):
+        assert ids() == []
+
+
+@pytest.fixture
+def celery_app() -> Iterator[Celery]:
+    """A fresh, unconfigured Celery app as the current one."""
+    previous = current_app._get_current_object()
+    app = Celery("unconfigured", set_as_current=True)
+    yield app
+    previous.set_current()
+
+
+def test_async_purges_without_celery_warn(celery_app: Celery) -> None:
+    edge = {"edge": {"BACKEND": LOCMEM}}
+    assert ids(PURGE_ASYNC=True, PURGERS=edge) == ["tiercache.W002"]
+    assert ids(PURGE_ASYNC=False, PURGERS=edge) == []
+    celery_app.conf.broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+    assert ids(PURGE_ASYNC=True, PURGERS=edge) == []
+
+
+def test_settings_are_reloaded_on_change() -> None:
+    assert tiercache_settings.TIMEOUT == 300
+    with override_settings(TIERCACHE={"TIMEOUT": 5, "HTTP": {"EDGE_MAX_AGE": 10}}):
+        assert tiercache_settings.TIMEOUT == 5
+        assert tiercache_settings.HTTP["EDGE_MAX_AGE"] == 10
+        assert tiercache_settings.HTTP["STALE_IF_ERROR"] == 86400  # default kept
+    assert tiercache_settings.TIMEOUT == 300
+
+
+def test_unknown_attribute() -> None:
+    with pytest.raises(AttributeError, match="Unknown TIERCACHE setting"):
+        tiercache_settings.TIMEOUTS  # noqa: B018
+
+
+def test_ignored_cache_exceptions_warn() -> None:
+    from django.conf import settings
+
+    caches = {"default": {**settings.CACHES["default"], "OPTIONS": {"IGNORE_EXCEPTIONS": True}}}
+    with override_settings(CACHES=caches):
+        assert ids() == ["tiercache.W003"]
+
+
+def test_middleware_must_come_first() -> None:
+    from django.conf import settings
+
+    later = [*settings.MIDDLEWARE[1:], settings.MIDDLEWARE[0]]
+    with override_settings(MIDDLEWARE=later):
+        assert ids() == ["tiercache.W004"]

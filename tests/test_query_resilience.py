@@ -1,0 +1,205 @@
+"""Concurrency and failure: no stale read after a racing commit, no stampede, fail-open."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+from django.db import connection, connections
+
+from django_tiercache import stats
+from django_tiercache.query import QueryResults, query_results
+from tests.redis_server import RedisServer, private_redis
+from tests.testapp.models import Category, Product
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def pen() -> Product:
+    return Product.objects.create(name="pen", price=Decimal(1), category=Category.objects.create())
+
+
+def price(pk: int) -> Decimal:
+    return Product.objects.cached().get(pk=pk).price
+
+
+def test_reader_racing_a_commit_never_stores_stale_data(pen: Product, monkeypatch: Any) -> None:
+    """Reader reads the old row → writer commits and invalidates → reader stores the old row."""
+    read_done, write_done = threading.Event(), threading.Event()
+    real_store = QueryResults._store
+
+    def store_after_the_write(self: QueryResults, *args: Any, **kwargs: Any) -> None:
+        read_done.set()  # the database read is over
+        assert write_done.wait(10)
+        real_store(self, *args, **kwargs)
+
+    monkeypatch.setattr(QueryResults, "_store", store_after_the_write)
+    stale = 0
+    for trial in range(200):
+        read_done.clear()
+        write_done.clear()
+        query_results.invalidate([f"testapp.product:{pen.pk}"])  # the reader will miss
+
+        def reader() -> None:
+            try:
+                price(pen.pk)  # reads the old row, stores it after the write committed
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        assert read_done.wait(10)
+        Product.objects.filter(pk=pen.pk).update(price=Decimal(trial + 2))  # commits + bumps
+        write_done.set()
+        thread.join(10)
+        monkeypatch.setattr(QueryResults, "_store", real_store)
+        if price(pen.pk) != Decimal(trial + 2):
+            stale += 1
+        monkeypatch.setattr(QueryResults, "_store", store_after_the_write)
+    assert stale == 0
+
+
+def test_twenty_concurrent_misses_run_one_query(pen: Product, settings: Any) -> None:
+    settings.TIERCACHE = {**settings.TIERCACHE, "SINGLE_FLIGHT_WAIT": 30}  # a slow CI machine
+    queries: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(20)
+    results: list[Decimal] = []
+
+    def count(execute: Any, sql: str, *args: Any) -> Any:
+        if "testapp_product" in sql:
+            with lock:
+                queries.append(sql)
+        return execute(sql, *args)
+
+    def reader() -> None:
+        try:
+            with connection.execute_wrapper(count):
+                barrier.wait(10)
+                value = price(pen.pk)
+            with lock:
+                results.append(value)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=reader) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == [Decimal(1)] * 20
+    assert len(queries) == 1, queries
+
+
+def test_stale_while_revalidate(pen: Product, settings: Any, monkeypatch: Any) -> None:
+    settings.TIERCACHE = {**settings.TIERCACHE, "STALE_TIMEOUT": 60}
+    clock = [1_000_000.0]
+    monkeypatch.setattr("django_tiercache.query.time.time", lambda: clock[0])
+    compute_calls: list[int] = []
+
+    def compute() -> int:
+        compute_calls.append(1)
+        return len(compute_calls)
+
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 1
+    clock[0] += 15  # expired, within the stale window
+    query_results.cache.add(query_results.lock_key("swr"), 1, 30)  # someone else refreshes
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 1
+    assert stats.get("query_stale") == 1
+    query_results.cache.delete(query_results.lock_key("swr"))
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 2  # refreshed
+    clock[0] += 100  # past the stale window: never served
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 3
+
+
+@pytest.fixture
+def outage_cache(settings: Any) -> Iterator[RedisServer]:
+    with private_redis() as server:
+        settings.CACHES = {
+            **settings.CACHES,
+            "outage": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": server.url,
+                "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+            },
+        }
+        settings.TIERCACHE = {**settings.TIERCACHE, "CACHE_ALIAS": "outage"}
+        yield server
+        caches["outage"].close()
+
+
+def test_redis_down_falls_back_to_the_database(
+    pen: Product, outage_cache: RedisServer, caplog: Any
+) -> None:
+    assert price(pen.pk) == Decimal(1)
+    assert price(pen.pk) == Decimal(1)
+    assert stats.get("query_hits") >= 1
+    outage_cache.stop()
+    errors = stats.get("query_errors")
+    for _ in range(5):
+        assert price(pen.pk) == Decimal(1)  # no exception, data from the database
+    Product.objects.filter(pk=pen.pk).update(price=Decimal(5))  # commit during the outage
+    assert price(pen.pk) == Decimal(5)
+    assert stats.get("query_errors") > errors
+    assert caplog.text.count("query-tier cache unavailable") == 1  # once per outage
+    outage_cache.start()  # same port, empty: recovery is automatic
+    assert price(pen.pk) == Decimal(5)
+    assert price(pen.pk) == Decimal(5)
+    assert "recovered" in caplog.text
+
+
+def test_unreachable_cache_with_fail_open_off_raises(pen: Product, settings: Any) -> None:
+    from tests.redis_server import free_port
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "nowhere": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        },
+    }
+    settings.TIERCACHE = {**settings.TIERCACHE, "CACHE_ALIAS": "nowhere"}
+    assert price(pen.pk) == Decimal(1)  # fail-open by default
+    settings.TIERCACHE = {**settings.TIERCACHE, "FAIL_OPEN": False}
+    with pytest.raises(Exception, match=r"(?i)connect"):
+        price(pen.pk)
+
+
+def test_garbage_in_the_cache_is_a_miss(pen: Product) -> None:
+    assert price(pen.pk) == Decimal(1)
+    plan_keys = [k for k in caches["default"].keys(f"{query_results.entry_key('')}*")]  # type: ignore[attr-defined]
+    for key in plan_keys:
+        caches["default"].set(key, "garbage")
+    Product.objects.filter(pk=pen.pk).update(price=Decimal(3))
+    assert price(pen.pk) == Decimal(3)
+
+
+def test_cache_back_with_old_data_never_serves_what_an_outage_commit_changed(
+    pen: Product, monkeypatch: Any
+) -> None:
+    """Redis unreachable while a commit happens, then back with its data: the entry cached before
+    the commit must not be served (its keys are invalidated again on recovery)."""
+    assert price(pen.pk) == Decimal(1)
+    assert price(pen.pk) == Decimal(1)  # cached
+    transport = query_results.transport
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("redis unreachable")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(transport, "read", unreachable)
+        outage.setattr(transport, "write", unreachable)
+        outage.setattr(query_results.cache, "set_many", unreachable)
+        assert price(pen.pk) == Decimal(1)  # from the database
+        Product.objects.filter(pk=pen.pk).update(price=Decimal(7))  # invalidation fails
+        assert price(pen.pk) == Decimal(7)
+    # The cache is back, still holding the entry computed before the update.
+    assert price(pen.pk) == Decimal(7)
+    assert price(pen.pk) == Decimal(7)
+    assert stats.get("query_hits") >= 1
