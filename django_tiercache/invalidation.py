@@ -51,6 +51,7 @@ class _Batch:
         for batch in [self, *list(_batches.get(connections[self.using], {}).values())]:
             if not batch.done:
                 batch.done = True
+                _live.discard(batch)
                 keys |= batch.keys
                 row_ids.extend(batch.row_ids)
         flush(keys, row_ids, self.using)
@@ -61,6 +62,8 @@ class _Batch:
 _batches: weakref.WeakKeyDictionary[
     BaseDatabaseWrapper, weakref.WeakValueDictionary[tuple[str | None, ...], _Batch]
 ] = weakref.WeakKeyDictionary()
+# Every batch not flushed yet, of any connection: lets reads skip the lookup when there is none.
+_live: weakref.WeakSet[_Batch] = weakref.WeakSet()
 
 
 def collect(keys: Iterable[str], using: str | None = None) -> None:
@@ -87,9 +90,15 @@ def collect(keys: Iterable[str], using: str | None = None) -> None:
     batch = batches.get(sids)
     if batch is None or batch.done:
         batch = batches[sids] = _Batch(alias)
+        _live.add(batch)
         transaction.on_commit(batch, using=alias)
     batch.keys |= new_keys
     batch.row_ids.extend(outbox.write(new_keys, using=alias))
+
+
+def has_pending_keys() -> bool:
+    """Whether any open transaction of this process has collected keys (a cheap pre-check)."""
+    return bool(_live)
 
 
 def pending_keys(connection: BaseDatabaseWrapper) -> set[str]:

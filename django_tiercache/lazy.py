@@ -21,13 +21,13 @@ from django.db.models.sql.query import Query
 
 from django_tiercache.planner import fingerprint, memoised_names
 
-#: Values recorded as they are: their repr() is deterministic.
+#: Types of values recorded as they are: equal values of one of them have the same repr().
+EXACT = frozenset({str, int, type(None)})
+#: Types of values recorded as ``(type name, repr())``: equal values can differ (``True == 1``,
+#: ``Decimal("1.0") == Decimal("1")``, aware datetimes in two time zones), their reprs cannot.
 SCALARS = (
-    str,
-    int,
     float,
     bool,
-    type(None),
     decimal.Decimal,
     datetime.date,
     datetime.datetime,
@@ -62,9 +62,15 @@ def base_identity(query: Query) -> str:
 
 
 def recordable(value: Any) -> Any:
-    """``value`` in a deterministic, hashable form, or raise ``TypeError`` when it is not simple."""
-    if isinstance(value, SCALARS):
+    """``value`` in a deterministic, hashable form, or raise ``TypeError`` when it is not simple.
+
+    Two recorded values are equal only if their repr() is, so recorded operations can key a dict
+    of entry names.
+    """
+    if type(value) in EXACT:
         return value
+    if isinstance(value, SCALARS):
+        return (type(value).__name__, repr(value))
     if isinstance(value, list | tuple):
         return tuple(recordable(item) for item in value)
     if isinstance(value, models.Model) and value.pk is not None:
@@ -80,12 +86,18 @@ def record_lookups(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None
         return None
 
 
-def lazy_name(base: str, model: str, operations: Iterable[Operation], *shape: Any) -> str:
-    """The entry name of a lazy queryset: its base query, model, operations and result shape.
+def identity(
+    base: str, model: str, operations: Iterable[Operation], *shape: Any
+) -> tuple[Any, ...]:
+    """What names a lazy queryset's entry: its base query, model, operations and result shape.
 
     A ``filter`` operation is ``("filter", negated, recorded lookups, original kwargs)``; only
-    its first three items name it.
+    its first three items name it. Equal identities have equal reprs (see :func:`recordable`).
     """
     recorded = tuple(op[:3] if op[0] == "filter" else op for op in operations)
-    payload = repr((base, model, recorded, shape)).encode()
-    return "l" + hashlib.blake2b(payload, digest_size=16).hexdigest()
+    return (base, model, recorded, shape)
+
+
+def lazy_name(identity: tuple[Any, ...]) -> str:
+    """The entry name of an :func:`identity`."""
+    return "l" + hashlib.blake2b(repr(identity).encode(), digest_size=16).hexdigest()

@@ -14,9 +14,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from django.core.cache import BaseCache, caches
 from django.db import connections, models, transaction
@@ -32,14 +32,14 @@ from django.db.models.sql.query import Query
 
 from django_tiercache import collector, lazy, outbox, planner, stats
 from django_tiercache.conf import MAX_TIMEOUT, tiercache_settings
-from django_tiercache.invalidation import collect, pending_keys
+from django_tiercache.invalidation import collect, has_pending_keys, pending_keys
 from django_tiercache.keys import (
     instance_keys,
     normalize_keys,
     register,
     table_keys,
 )
-from django_tiercache.transport import Transport, transport_for
+from django_tiercache.transport import Entry, Transport, is_fresh, transport_for
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -52,22 +52,17 @@ VERSION_TIMEOUT = 2 * MAX_TIMEOUT
 LOCK_TIMEOUT = 30
 
 
-class Entry(NamedTuple):
-    """What the cache stores: the key tags, their tokens when computed, freshness, the value."""
-
-    tags: tuple[str, ...]
-    versions: tuple[int, ...]
-    fresh_until: float
-    value: Any
-
-
-@dataclass(frozen=True)
 class Lookup:
     """The result of reading one entry and the current versions of its tags."""
 
-    entry: Entry | None
-    current: tuple[int | None, ...]  # current token of each tag, None if it has none
-    locked: bool = False  # this caller took the single-flight lock
+    __slots__ = ("current", "entry", "locked")
+
+    def __init__(
+        self, entry: Entry | None, current: tuple[int | None, ...], locked: bool = False
+    ) -> None:
+        self.entry = entry
+        self.current = current  # current token of each tag, None if it has none
+        self.locked = locked  # this caller took the single-flight lock
 
     @property
     def valid(self) -> bool:
@@ -75,7 +70,7 @@ class Lookup:
 
     @property
     def fresh(self) -> bool:
-        return self.valid and time.time() < self.entry.fresh_until  # type: ignore[union-attr]
+        return is_fresh(self.entry, self.current)
 
 
 class _Outage:
@@ -147,6 +142,7 @@ class QueryResults:
         self._transport: Transport | None = None
         self._prefix_cache: tuple[str, tuple[str, str, str]] | None = None
         self.recently_invalidated = _Recent()
+        tiercache_settings.on_reload(self._forget_transport)
 
     # -- names --------------------------------------------------------------------------------
 
@@ -177,9 +173,9 @@ class QueryResults:
 
     # -- cache access, failing open -------------------------------------------------------------
 
-    def _guard(self, operation: Callable[[], Any]) -> Any:
+    def _guard(self, operation: Callable[..., Any], *args: Any) -> Any:
         try:
-            result = operation()
+            result = operation(*args)
         except Exception as exc:
             if not tiercache_settings.FAIL_OPEN:
                 raise
@@ -201,26 +197,32 @@ class QueryResults:
 
     @property
     def transport(self) -> Transport:
+        """How to reach the cache. A django-redis one is shared by every thread (redis-py's pool
+        is thread-safe) until the settings change; any other is this thread's cache object."""
+        transport = self._transport
+        if transport is not None and transport.shared:
+            return transport
         cache = self.cache
-        if self._transport is None or self._transport.cache is not cache:
-            self._transport = transport_for(cache)
-        return self._transport
+        if transport is None or transport.cache is not cache:
+            transport = self._transport = transport_for(cache)
+        return transport
 
-    def lookup(
-        self, name: str, tags: Sequence[str], *, lock: bool = False, force: bool = False
-    ) -> Lookup:
-        """Read the entry and the versions of ``tags`` in one round trip.
+    def _forget_transport(self) -> None:
+        self._transport = None
 
-        With ``lock``, a missing entry (any entry, with ``force``) also takes the single-flight
-        lock in that round trip, atomically with the read.
+    def lookup(self, name: str, tags: Sequence[str], *, lock: bool = False) -> Lookup:
+        """Read the entry and the versions of ``tags``: one round trip for a hit.
+
+        With ``lock``, an entry that is not fresh and valid also takes the single-flight lock
+        (with django-redis in the same round trip, atomically with the read).
         """
-        version_prefix = self._prefixes()[1]
-        version_keys = [version_prefix + tag for tag in tags]
-        lock_key = self.lock_key(name) if lock else None
+        entry_prefix, version_prefix, lock_prefix = self._prefixes()
         entry, current, locked = self._guard(
-            lambda: self.transport.read(
-                self.entry_key(name), version_keys, lock_key, LOCK_TIMEOUT, force
-            )
+            self.transport.read,
+            entry_prefix + name,
+            [version_prefix + tag for tag in tags],
+            lock_prefix + name if lock else None,
+            LOCK_TIMEOUT,
         )
         if entry is not None and not (isinstance(entry, Entry) and entry.tags == tuple(tags)):
             if not isinstance(entry, tuple):  # garbage in the cache: a miss, and counted
@@ -297,8 +299,7 @@ class QueryResults:
         compute: Callable[[], Any],
         timeout: float | None = None,
         *,
-        store: bool = True,
-        storable: Callable[[], bool] = lambda: True,
+        storable: Callable[[], bool] | None = None,
         expect_miss: bool = False,
     ) -> Any:
         """Serve ``name`` or compute it once: the engine behind querysets and ``get_or_set``.
@@ -306,8 +307,8 @@ class QueryResults:
         A fresh valid entry is a hit. A valid entry past its freshness but within
         ``STALE_TIMEOUT`` is served stale while one caller (holding the lock) refreshes it. On a
         miss one caller computes and the others wait up to ``SINGLE_FLIGHT_WAIT`` seconds for
-        its result. After computing, the entry is stored only if ``store`` and ``storable()``.
-        With the cache down, ``compute()`` is returned as is. ``expect_miss`` takes the lock in
+        its result. After computing, the entry is stored unless ``storable()`` says otherwise.
+        With the cache down, ``compute()`` is returned as is. ``expect_miss`` tries the lock in
         the reading round trip (two round trips for a miss instead of three).
         """
         ttl = _ttl(timeout)  # a bad timeout raises here, before any lock is taken
@@ -326,11 +327,11 @@ class QueryResults:
         if scope is not None:
             scope.misses += 1
         locked = found.locked
-        if not locked and not (expect_miss and found.entry is None):
+        if not expect_miss:
             # Take the lock and look again in one round trip: whoever held it may have just
             # stored a fresh entry, which then is served instead of being computed twice.
             try:
-                found = self.lookup(name, tags, lock=True, force=True)
+                found = self.lookup(name, tags, lock=True)
             except CacheUnavailable:
                 return compute()
             locked = found.locked
@@ -356,7 +357,7 @@ class QueryResults:
                 self._unlock(name)
             raise
         try:
-            if store and storable():
+            if storable is None or storable():
                 self._store(name, tags, found, value, ttl, locked)
             elif locked:
                 self._unlock(name)
@@ -425,7 +426,7 @@ class QueryResults:
 
 def _ttl(timeout: float | None) -> float:
     value = tiercache_settings.TIMEOUT if timeout is None else timeout
-    if not (isinstance(value, int | float) and 0 < value < MAX_TIMEOUT):
+    if not (type(value) in (int, float) and 0 < value < MAX_TIMEOUT):
         raise ValueError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT})")
     return float(value)
 
@@ -599,31 +600,32 @@ class CachedQuerySet(QuerySet[_M]):
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def _plan(self, kind: str, shape: tuple[Any, ...]) -> planner.Plan:
+    def _plan(self, kind: str, db: str, shape: tuple[Any, ...]) -> planner.Plan:
         options = self._tiercache
         assert options is not None
         lookups = self._prefetch_related_lookups
         prefetch = planner.prefetch_shape(lookups)
+        memo_key: Hashable
+        name: str | None
         if self._operations is None:
-            name = planner.fingerprint(self.query, prefetch, options.keys, kind, self.db, *shape)
+            memo_key = name = planner.fingerprint(
+                self.query, prefetch, options.keys, kind, db, *shape
+            )
         else:
             base = self._pristine or lazy.base_identity(self._query)
-            name = lazy.lazy_name(
-                base,
-                self.model._meta.label,
-                self._operations,
-                kind,
-                self.db,
-                options.keys,
-                prefetch,
-                *shape,
+            label = self.model._meta.label
+            memo_key = lazy.identity(
+                base, label, self._operations, kind, db, options.keys, prefetch, *shape
             )
-        known = _plans.get(name)
+            name = None
+            if kind == "aggregate":  # expressions compare equal where their reprs differ
+                memo_key = name = lazy.lazy_name(memo_key)
+        known = _plans.get(memo_key)
         if known is None:
-            built = planner.plan(self.query, lookups, options.keys, name)
-            known = _plans.remember(name, built)
+            name = name or lazy.lazy_name(memo_key)  # type: ignore[arg-type]
+            known = _plans.remember(memo_key, planner.plan(self.query, lookups, options.keys, name))
         elif known.first_use:
-            known = _plans.remember(name, replace(known, first_use=False))
+            known = _plans.remember(memo_key, replace(known, first_use=False))
         return known
 
     def _through_tier(self, kind: str, compute: Callable[[], Any], *shape: Any) -> Any:
@@ -632,13 +634,13 @@ class CachedQuerySet(QuerySet[_M]):
         if self._query.select_for_update:
             stats.incr("query_bypasses")
             return compute()
-        query_plan = self._plan(kind, shape)
+        db = self.db
+        query_plan = self._plan(kind, db, shape)
         if not query_plan.cacheable:
             _warn_once(self.model, query_plan.reason)
             stats.incr("query_bypasses")
             return compute()
-        connection = connections[self.db]
-        if connection.in_atomic_block and pending_keys(connection) & query_plan.depends_on:
+        if has_pending_keys() and pending_keys(connections[db]) & query_plan.depends_on:
             stats.incr("query_bypasses")  # read your own uncommitted writes
             return compute()
         seen: set[str] = set()
@@ -648,7 +650,7 @@ class CachedQuerySet(QuerySet[_M]):
             return execute(sql, params, many, context)
 
         def compute_capturing() -> Any:
-            with connection.execute_wrapper(capture):
+            with connections[db].execute_wrapper(capture):
                 return compute()
 
         return query_results.fetch(
@@ -656,8 +658,7 @@ class CachedQuerySet(QuerySet[_M]):
             query_plan.tags,
             compute_capturing,
             options.timeout,
-            store=_may_store(connection),
-            storable=lambda: seen <= query_plan.tables,
+            storable=lambda: _may_store(connections[db]) and seen <= query_plan.tables,
             expect_miss=query_plan.first_use
             or query_results.recently_invalidated.any(query_plan.tags),
         )
@@ -769,25 +770,30 @@ class TierCacheManager(models.Manager.from_queryset(CachedQuerySet)):  # type: i
 
 
 def _options(timeout: float | None, keys: Iterable[str]) -> CacheOptions:
+    if timeout is None and not keys:
+        return _DEFAULT_OPTIONS
     if timeout is not None:
         _ttl(timeout)  # a bad timeout fails at the call site, not at evaluation
     return CacheOptions(timeout, tuple(sorted(normalize_keys(keys))) if keys else ())
 
 
+_DEFAULT_OPTIONS = CacheOptions(None, ())
+
+
 class _PlanMemo:
-    """Plans of lazy querysets by name, so that a hit never builds the query (bounded)."""
+    """Plans by entry name or lazy identity, so that a hit never builds the query (bounded)."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._plans: dict[str, planner.Plan] = {}
+        self._plans: dict[Hashable, planner.Plan] = {}
 
-    def get(self, name: str) -> planner.Plan | None:
-        return self._plans.get(name)
+    def get(self, key: Hashable) -> planner.Plan | None:
+        return self._plans.get(key)
 
-    def remember(self, name: str, plan: planner.Plan) -> planner.Plan:
+    def remember(self, key: Hashable, plan: planner.Plan) -> planner.Plan:
         if len(self._plans) >= self.size:
             self._plans.clear()
-        self._plans[name] = plan
+        self._plans[key] = plan
         return plan
 
 
