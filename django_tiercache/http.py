@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from django.apps import apps
 from django.http import HttpRequest
@@ -52,6 +53,31 @@ SETS_COOKIE = "it sets a cookie"
 _DELIMITER = re.compile(r"\s*,\s*")
 # Cache-Control directives that let a shared cache store the response.
 _SHARED_DIRECTIVES = frozenset({"public", "s-maxage"})
+_EDGE_HEADERS_LOWER = tuple(header.lower() for header in EDGE_HEADERS)
+
+
+# The middleware runs on every request, so header reads and writes below go through the
+# dict behind ``response.headers`` (Django's ``ResponseHeaders._store``: ``{lower-case name:
+# (name, value)}``): a membership test on the mapping itself costs a raised and caught KeyError
+# when the header is missing, and every write re-validates the name. Results are identical.
+
+
+def _is_plain(value: str) -> bool:
+    """Whether ``ResponseHeaders`` would store ``value`` unchanged: ASCII without CR or LF."""
+    return value.isascii() and "\n" not in value and "\r" not in value
+
+
+def _set_header(response: HttpResponseBase, name: str, value: str) -> None:
+    """``response.headers[name] = value`` for a constant ASCII ``name``, only faster.
+
+    ``ResponseHeaders.__setitem__`` stores a value that encodes to latin-1 and has no CR/LF
+    unchanged: a plain ASCII value is stored directly, anything else takes the validating path
+    (MIME-encoded, or :class:`~django.http.BadHeaderError`).
+    """
+    if value.isascii() and "\n" not in value and "\r" not in value:  # _is_plain, inlined
+        response.headers._store[name.lower()] = (name, value)
+    else:
+        response.headers[name] = value
 
 
 def format_surrogate_key(keys: Iterable[str]) -> str:
@@ -66,7 +92,8 @@ def format_cache_tag(keys: Iterable[str]) -> str:
 
 def key_header_bytes(keys: Iterable[str]) -> int:
     """Length in bytes of the key header value (normalised keys are ASCII; separators 1 byte)."""
-    keys = set(keys)
+    if not isinstance(keys, (set, frozenset)):
+        keys = set(keys)
     return sum(map(len, keys)) + max(len(keys) - 1, 0)
 
 
@@ -106,6 +133,43 @@ def surrogate_control(
     return value
 
 
+class _EdgeValues(NamedTuple):
+    """Cache-Control and Surrogate-Control of an edge-cached response (see :func:`_edge_values`)."""
+
+    browser_max_age: int
+    edge_max_age: int
+    #: What ``patch_cache_control`` writes on a response without Cache-Control.
+    cache_control: str
+    surrogate_control: str
+    #: Both values are plain ASCII (see :func:`_is_plain`): they can be stored as they are.
+    plain: bool
+
+
+def _edge_values(
+    browser_max_age: int,
+    edge_max_age: int,
+    stale_while_revalidate: int | None,
+    stale_if_error: int | None,
+) -> _EdgeValues:
+    """The header values :func:`edge_cache` writes; the middleware memoises them per policy."""
+    cache_control = f"public, max-age={browser_max_age}, s-maxage={edge_max_age}"
+    surrogate = surrogate_control(edge_max_age, stale_while_revalidate, stale_if_error)
+    plain = _is_plain(cache_control) and _is_plain(surrogate)
+    return _EdgeValues(browser_max_age, edge_max_age, cache_control, surrogate, plain)
+
+
+def _resolve_key_headers(names: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
+    """``(lower-case header, header, separator)`` of each ``KEY_HEADERS`` name.
+
+    An unknown name raises KeyError.
+    """
+    resolved = []
+    for name in names:
+        header, separator = KEY_HEADERS[name.lower()]
+        resolved.append((header.lower(), header, separator))
+    return tuple(resolved)
+
+
 def edge_cache(
     response: HttpResponseBase,
     *,
@@ -121,27 +185,58 @@ def edge_cache(
     ``keys`` must already fit (see :func:`fit_keys`); ``key_headers`` are names from
     ``TIERCACHE["HTTP"]["KEY_HEADERS"]``. No key header is written for an empty key set.
     """
-    if "Cache-Control" in response.headers:
-        patch_cache_control(response, public=True, max_age=browser_max_age, s_maxage=edge_max_age)
-    else:  # what patch_cache_control writes on a response without the header, only faster
-        response.headers["Cache-Control"] = (
-            f"public, max-age={browser_max_age}, s-maxage={edge_max_age}"
-        )
-    response.headers["Surrogate-Control"] = surrogate_control(
-        edge_max_age, stale_while_revalidate, stale_if_error
+    values = _edge_values(browser_max_age, edge_max_age, stale_while_revalidate, stale_if_error)
+    ordered = sorted(keys)
+    _write_edge_headers(
+        response, values, ordered, _resolve_key_headers(key_headers) if ordered else ()
     )
-    if keys:
-        ordered = sorted(keys)
-        for name in key_headers:
-            header, separator = KEY_HEADERS[name.lower()]
-            response.headers[header] = separator.join(ordered)
+
+
+def _write_edge_headers(
+    response: HttpResponseBase,
+    values: _EdgeValues,
+    ordered: list[str],
+    key_headers: Iterable[tuple[str, str, str]],
+    spaced: str | None = None,
+) -> None:
+    """:func:`edge_cache` for sorted, deduplicated keys and resolved key headers.
+
+    ``spaced`` is ``" ".join(ordered)`` when the caller already has it. No key header is
+    written for an empty key list.
+    """
+    headers = response.headers
+    store = headers._store
+    if "cache-control" in store:
+        patch_cache_control(
+            response, public=True, max_age=values.browser_max_age, s_maxage=values.edge_max_age
+        )
+    elif values.plain:
+        store["cache-control"] = ("Cache-Control", values.cache_control)
+    else:
+        headers["Cache-Control"] = values.cache_control
+    if values.plain:
+        store["surrogate-control"] = ("Surrogate-Control", values.surrogate_control)
+    else:
+        headers["Surrogate-Control"] = values.surrogate_control
+    if not ordered:
+        return
+    if spaced is None:
+        spaced = " ".join(ordered)
+    # Separators are plain, so every key header is plain when the space-separated one is.
+    plain = _is_plain(spaced)
+    for lower, header, separator in key_headers:
+        value = spaced if separator == " " else separator.join(ordered)
+        if plain:
+            store[lower] = (header, value)
+        else:
+            headers[header] = value
 
 
 def strip_edge_headers(response: HttpResponseBase) -> None:
     """Remove Surrogate-Control and every key header."""
-    for header in EDGE_HEADERS:
-        if header in response.headers:
-            del response.headers[header]
+    store = response.headers._store
+    for header in _EDGE_HEADERS_LOWER:
+        store.pop(header, None)
 
 
 def make_private(response: HttpResponseBase, *, no_store: bool = False) -> None:
@@ -167,9 +262,10 @@ def make_private(response: HttpResponseBase, *, no_store: bool = False) -> None:
 
 def cache_control_directives(response: HttpResponseBase) -> set[str]:
     """Lower-case directive names of the response's Cache-Control header."""
-    value = response.headers.get("Cache-Control", "")
-    if not value:
+    found = response.headers._store.get("cache-control")
+    if found is None or not found[1]:
         return set()
+    value = found[1]
     return {field.split("=", 1)[0].strip().lower() for field in _DELIMITER.split(value)}
 
 
@@ -192,7 +288,7 @@ def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> st
     the session was read or written, or a user was loaded and is authenticated. The user is
     never loaded here (that would touch the session).
     """
-    if response.cookies or "Set-Cookie" in response.headers:
+    if response.cookies or "set-cookie" in response.headers._store:
         return SETS_COOKIE
     if "HTTP_AUTHORIZATION" in request.META:
         return "the request has an Authorization header"
@@ -206,18 +302,23 @@ def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> st
 
 def add_vary(response: HttpResponseBase, headers: Iterable[str]) -> None:
     """Merge ``headers`` into Vary: existing order kept, new ones appended, no duplicates."""
-    headers = list(headers)
-    if len(headers) == 1 and "Vary" not in response.headers:
-        response.headers["Vary"] = headers[0]  # patch_vary_headers' result, only faster
+    if not isinstance(headers, (list, tuple)):
+        headers = list(headers)
+    if len(headers) == 1 and "vary" not in response.headers._store:
+        _set_header(response, "Vary", headers[0])  # patch_vary_headers' result, only faster
     elif headers:
         patch_vary_headers(response, headers)
 
 
 def set_weak_etag(response: HttpResponseBase) -> str | None:
     """Give a non-streaming response without an ETag a weak one from its body; return the ETag."""
-    etag = response.headers.get("ETag")
-    if etag is None and not response.streaming:
-        content: bytes = getattr(response, "content", b"")
-        etag = f'W/"{hashlib.sha256(content).hexdigest()[:32]}"'
-        response.headers["ETag"] = etag
+    store = response.headers._store
+    found = store.get("etag")
+    if found is not None:
+        return found[1]
+    if response.streaming:
+        return None
+    content: bytes = getattr(response, "content", b"")
+    etag = f'W/"{hashlib.sha256(content).hexdigest()[:32]}"'
+    store["etag"] = ("ETag", etag)  # ASCII by construction
     return etag

@@ -40,9 +40,12 @@ from django_tiercache.decorators import CachePolicy, get_policy
 from django_tiercache.http import (
     EDGE_HEADERS,
     SETS_COOKIE,
+    _edge_values,
+    _EdgeValues,
+    _resolve_key_headers,
+    _write_edge_headers,
     add_vary,
     cache_control_directives,
-    edge_cache,
     fit_keys,
     key_header_bytes,
     make_private,
@@ -57,9 +60,67 @@ logger = logging.getLogger(__name__)
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 _SHARED = frozenset({"public", "s-maxage"})
 _OPTED_OUT = frozenset({"private", "no-store"})
-_CONDITIONAL_HEADERS = frozenset(
-    {"HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE"}
-)
+_ACCEPT_ENCODING = ("Accept-Encoding",)
+
+
+class _Options:
+    """``TIERCACHE["HTTP"]`` as the middleware reads it per request, memoised until it changes.
+
+    Reading ``tiercache_settings.HTTP`` costs a failed attribute lookup per request, and the
+    Cache-Control / Surrogate-Control values of a policy are the same on every request.
+    """
+
+    __slots__ = ("_edge", "cacheable_statuses", "http", "key_headers", "max_key_header_bytes")
+
+    def __init__(self, http: dict[str, Any]) -> None:
+        self.http = http
+        self.cacheable_statuses = http["CACHEABLE_STATUSES"]
+        self.max_key_header_bytes: int = http["MAX_KEY_HEADER_BYTES"]
+        self.key_headers: tuple[tuple[str, str, str], ...] | None
+        try:
+            self.key_headers = _resolve_key_headers(http["KEY_HEADERS"])
+        except (KeyError, AttributeError, TypeError):  # a system-check error; raise per request
+            self.key_headers = None
+        self._edge: dict[tuple[int | None, ...], _EdgeValues] = {}
+
+    def edge_values(self, policy: CachePolicy) -> _EdgeValues:
+        """Cache-Control and Surrogate-Control of ``policy``, its None values from the settings."""
+        durations = (
+            policy.browser_max_age,
+            policy.edge_max_age,
+            policy.stale_while_revalidate,
+            policy.stale_if_error,
+        )
+        values = self._edge.get(durations)
+        if values is None:
+            if len(self._edge) >= 256:  # policies built per request: keep the memo bounded
+                self._edge.clear()
+            http = self.http
+            browser, edge, swr, sie = durations
+            values = self._edge[durations] = _edge_values(
+                browser_max_age=http["BROWSER_MAX_AGE"] if browser is None else browser,
+                edge_max_age=http["EDGE_MAX_AGE"] if edge is None else edge,
+                stale_while_revalidate=http["STALE_WHILE_REVALIDATE"] if swr is None else swr,
+                stale_if_error=http["STALE_IF_ERROR"] if sie is None else sie,
+            )
+        return values
+
+
+_options: _Options | None = None
+
+
+def _get_options() -> _Options:
+    global _options
+    options = _options
+    if options is None:
+        options = _options = _Options(tiercache_settings.HTTP)
+    return options
+
+
+@tiercache_settings.on_reload
+def _forget_options() -> None:
+    global _options
+    _options = None
 
 
 class TierCacheMiddleware:
@@ -99,7 +160,9 @@ class TierCacheMiddleware:
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
         """Apply the policy; must run inside the request's collector scope."""
-        options = tiercache_settings.HTTP
+        # Runs on every request: the common case (an anonymous origin_cache GET) is kept to
+        # few calls; helpers handle everything else.
+        options = _get_options()
         policy = get_policy(response)
         user_reason = user_specific_reason(request, response)
         if policy is None:
@@ -110,17 +173,39 @@ class TierCacheMiddleware:
             make_private(response, no_store=policy.kind == "no-store")
 
         cacheable = policy is not None and policy.kind != "no-store"
-        vary = ["Accept-Encoding"] if cacheable else []
-        if self._touched_cookie_state(request, response):
-            vary.append("Cookie")
-        if policy is not None:
-            vary.extend(policy.vary_on)
-        add_vary(response, vary)
+        # Only a user-specific response can have accessed the session or set the CSRF cookie.
+        cookie = user_reason is not None and self._touched_cookie_state(request, response)
+        if cookie or (policy is not None and policy.vary_on):
+            vary = ["Accept-Encoding"] if cacheable else []
+            if cookie:
+                vary.append("Cookie")
+            if policy is not None:
+                vary.extend(policy.vary_on)
+            add_vary(response, vary)
+        elif cacheable:
+            store = response.headers._store
+            if "vary" in store:
+                add_vary(response, _ACCEPT_ENCODING)
+            else:  # what patch_vary_headers writes, only faster
+                store["vary"] = ("Vary", "Accept-Encoding")
 
-        if cacheable:
-            response = self._conditional(request, response)
+        if (
+            cacheable
+            and request.method == "GET"
+            and isinstance(response, HttpResponse)  # not streaming and file responses
+            and 200 <= response.status_code < 300
+        ):
+            etag = set_weak_etag(response)
+            meta = request.META
+            if (
+                "HTTP_IF_NONE_MATCH" in meta
+                or "HTTP_IF_MODIFIED_SINCE" in meta
+                or "HTTP_IF_MATCH" in meta
+                or "HTTP_IF_UNMODIFIED_SINCE" in meta
+            ):
+                response = self._conditional(request, response, etag)
 
-        timing = options["SERVER_TIMING"]
+        timing = options.http["SERVER_TIMING"]
         if timing or (timing is None and settings.DEBUG):
             self._server_timing(response)
         return response
@@ -131,35 +216,42 @@ class TierCacheMiddleware:
         response: HttpResponseBase,
         policy: CachePolicy,
         user_reason: str | None,
-        options: dict[str, Any],
+        options: _Options,
     ) -> None:
         why_not: str | None = None
         keys: set[str] | None = None
         if request.method not in _CACHEABLE_METHODS:
             why_not = f"method {request.method}"
-        elif response.status_code not in options["CACHEABLE_STATUSES"]:
+        elif response.status_code not in options.cacheable_statuses:
             why_not = f"status {response.status_code}"
         elif user_reason is not None:
             why_not = user_reason
-        elif cache_control_directives(response) & _OPTED_OUT:
+        elif "cache-control" in response.headers._store and (
+            cache_control_directives(response) & _OPTED_OUT
+        ):
             why_not = "the view made it private or no-store"
         else:
             scope = collector.current()
-            wanted = set(policy.keys)
-            if scope is not None:
-                wanted |= scope.keys
-            keys = fit_keys(wanted, options["MAX_KEY_HEADER_BYTES"])
-            if keys is None:
-                why_not = "its keys do not fit MAX_KEY_HEADER_BYTES"
-                logger.warning(
-                    "Not edge-caching %s (%s): %d keys need %d bytes even collapsed to table "
-                    "keys, over MAX_KEY_HEADER_BYTES=%d.",
-                    request.path,
-                    policy.view_name,
-                    len(wanted),
-                    key_header_bytes(wanted),
-                    options["MAX_KEY_HEADER_BYTES"],
-                )
+            keys = scope.keys | policy.keys if scope is not None else set(policy.keys)
+            ordered = sorted(keys)
+            spaced = " ".join(ordered)  # the Surrogate-Key value; its length is key_header_bytes
+            if len(spaced) > options.max_key_header_bytes:
+                wanted = keys
+                keys = fit_keys(wanted, options.max_key_header_bytes)
+                if keys is None:
+                    why_not = "its keys do not fit MAX_KEY_HEADER_BYTES"
+                    logger.warning(
+                        "Not edge-caching %s (%s): %d keys need %d bytes even collapsed to table "
+                        "keys, over MAX_KEY_HEADER_BYTES=%d.",
+                        request.path,
+                        policy.view_name,
+                        len(wanted),
+                        key_header_bytes(wanted),
+                        options.max_key_header_bytes,
+                    )
+                else:
+                    ordered = sorted(keys)
+                    spaced = " ".join(ordered)
         if keys is None:
             if user_reason == SETS_COOKIE:
                 logger.warning(
@@ -172,18 +264,11 @@ class TierCacheMiddleware:
                 logger.debug("origin_cache on %s not edge-cached: %s.", policy.view_name, why_not)
             make_private(response)
             return
-        browser = policy.browser_max_age
-        edge = policy.edge_max_age
-        swr = policy.stale_while_revalidate
-        sie = policy.stale_if_error
-        edge_cache(
-            response,
-            browser_max_age=options["BROWSER_MAX_AGE"] if browser is None else browser,
-            edge_max_age=options["EDGE_MAX_AGE"] if edge is None else edge,
-            stale_while_revalidate=options["STALE_WHILE_REVALIDATE"] if swr is None else swr,
-            stale_if_error=options["STALE_IF_ERROR"] if sie is None else sie,
-            keys=keys,
-            key_headers=options["KEY_HEADERS"],
+        key_headers = options.key_headers
+        if key_headers is None and ordered:
+            key_headers = _resolve_key_headers(options.http["KEY_HEADERS"])  # raises
+        _write_edge_headers(
+            response, options.edge_values(policy), ordered, key_headers or (), spaced
         )
 
     @staticmethod
@@ -209,17 +294,10 @@ class TierCacheMiddleware:
         return bool(response.cookies) and settings.CSRF_COOKIE_NAME in response.cookies
 
     @staticmethod
-    def _conditional(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-        if (
-            request.method != "GET"
-            or not isinstance(response, HttpResponse)  # streaming and file responses
-            or not 200 <= response.status_code < 300
-        ):
-            return response
-        etag = set_weak_etag(response)
-        meta = request.META
-        if not any(header in meta for header in _CONDITIONAL_HEADERS):
-            return response
+    def _conditional(
+        request: HttpRequest, response: HttpResponse, etag: str | None
+    ) -> HttpResponseBase:
+        """A 304 (or 412) for a conditional GET, keeping the edge headers; else ``response``."""
         last_modified = response.headers.get("Last-Modified")
         conditional = get_conditional_response(
             request,

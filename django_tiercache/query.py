@@ -367,7 +367,7 @@ class QueryResults:
 
     def _unlock(self, name: str) -> None:
         with contextlib.suppress(CacheUnavailable):
-            self._guard(lambda: self.transport.unlock(self.lock_key(name)))
+            self._guard(self.transport.unlock, self.lock_key(name))
 
     def _wait_for(self, name: str, tags: Sequence[str]) -> Lookup | None:
         """Poll for the entry another caller is computing; None after the bounded wait."""
@@ -402,7 +402,7 @@ class QueryResults:
         keys = normalize_keys(keys)
         if keys:
             token = secrets.randbits(62)
-            self.cache.set_many({self.version_key(k): token for k in keys}, VERSION_TIMEOUT)
+            self.transport.invalidate([self.version_key(k) for k in keys], token, VERSION_TIMEOUT)
             self.recently_invalidated.note(keys)
 
     def invalidate_all(self) -> None:

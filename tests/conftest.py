@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 
+from django_tiercache import stats
 from django_tiercache.purgers import locmem
 
 _RUN = f"tct{os.getpid()}"
@@ -18,8 +19,10 @@ LOCMEM_PURGERS = {"edge": {"BACKEND": "django_tiercache.purgers.locmem.LocMemPur
 
 @pytest.fixture(autouse=True)
 def _isolated_tiercache(settings: Any) -> Iterator[None]:
-    """A key prefix of its own per test, so tests never see each other's entries in a real Redis."""
+    """A key prefix of its own per test, so tests never see each other's entries in a real Redis;
+    counters from zero."""
     settings.TIERCACHE = {**settings.TIERCACHE, "KEY_PREFIX": f"{_RUN}-{next(_counter)}"}
+    stats.reset()
     locmem.reset()
     yield
     locmem.reset()

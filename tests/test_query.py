@@ -42,11 +42,6 @@ def db_queries(fn: Callable[[], Any]) -> tuple[Any, int]:
     return result, queries.count
 
 
-@pytest.fixture(autouse=True)
-def _reset_stats() -> None:
-    stats.reset()
-
-
 @pytest.fixture
 def shop() -> dict[str, Any]:
     pens = Category.objects.create(name="Pens")

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from django_tiercache import stats
 from django_tiercache.query import QueryResults, query_results
@@ -28,7 +30,22 @@ def price(pk: int) -> Decimal:
     return Product.objects.cached().get(pk=pk).price
 
 
-def test_reader_racing_a_commit_never_stores_stale_data(pen: Product, monkeypatch: Any) -> None:
+@pytest.fixture(params=["redis", "locmem"])
+def query_cache(request: Any, settings: Any) -> str:
+    """The query tier on django-redis (Lua scripts, a connection per thread), then on any other
+    Django cache (the generic transport: get_many/add/set, more round trips)."""
+    if request.param == "locmem":
+        settings.CACHES = {
+            **settings.CACHES,
+            "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        }
+        settings.TIERCACHE = {**settings.TIERCACHE, "CACHE_ALIAS": "local"}
+    return str(request.param)
+
+
+def test_reader_racing_a_commit_never_stores_stale_data(
+    pen: Product, monkeypatch: Any, query_cache: str
+) -> None:
     """Reader reads the old row → writer commits and invalidates → reader stores the old row."""
     read_done, write_done = threading.Event(), threading.Event()
     real_store = QueryResults._store
@@ -64,7 +81,9 @@ def test_reader_racing_a_commit_never_stores_stale_data(pen: Product, monkeypatc
     assert stale == 0
 
 
-def test_twenty_concurrent_misses_run_one_query(pen: Product, settings: Any) -> None:
+def test_twenty_concurrent_misses_run_one_query(
+    pen: Product, settings: Any, query_cache: str
+) -> None:
     settings.TIERCACHE = {**settings.TIERCACHE, "SINGLE_FLIGHT_WAIT": 30}  # a slow CI machine
     queries: list[str] = []
     lock = threading.Lock()
@@ -96,7 +115,9 @@ def test_twenty_concurrent_misses_run_one_query(pen: Product, settings: Any) -> 
     assert len(queries) == 1, queries
 
 
-def test_stale_while_revalidate(pen: Product, settings: Any, monkeypatch: Any) -> None:
+def test_stale_while_revalidate(
+    pen: Product, settings: Any, monkeypatch: Any, query_cache: str
+) -> None:
     settings.TIERCACHE = {**settings.TIERCACHE, "STALE_TIMEOUT": 60}
     clock = [1_000_000.0]
     monkeypatch.setattr("django_tiercache.query.time.time", lambda: clock[0])
@@ -195,7 +216,7 @@ def test_cache_back_with_old_data_never_serves_what_an_outage_commit_changed(
     with monkeypatch.context() as outage:
         outage.setattr(transport, "read", unreachable)
         outage.setattr(transport, "write", unreachable)
-        outage.setattr(query_results.cache, "set_many", unreachable)
+        outage.setattr(transport, "invalidate", unreachable)
         assert price(pen.pk) == Decimal(1)  # from the database
         Product.objects.filter(pk=pen.pk).update(price=Decimal(7))  # invalidation fails
         assert price(pen.pk) == Decimal(7)
@@ -203,3 +224,33 @@ def test_cache_back_with_old_data_never_serves_what_an_outage_commit_changed(
     assert price(pen.pk) == Decimal(7)
     assert price(pen.pk) == Decimal(7)
     assert stats.get("query_hits") >= 1
+
+
+def test_a_miss_is_stored_without_waiting_and_served_next(pen: Product) -> None:
+    """The write goes out unanswered; the same thread's next read, on the same connection,
+    already sees it (no second database query, no wait for a lock)."""
+    query_results.invalidate([f"testapp.product:{pen.pk}"])
+    with CaptureQueriesContext(connection) as queries:
+        assert price(pen.pk) == Decimal(1)
+        assert price(pen.pk) == Decimal(1)
+    assert len(queries) == 1
+    assert stats.get("query_hits") == 1
+
+
+def test_a_connection_closed_by_redis_is_replaced_without_an_outage(
+    pen: Product, monkeypatch: Any, caplog: Any
+) -> None:
+    assert price(pen.pk) == Decimal(1)
+    transport: Any = query_results.transport
+    dead = transport._connection()
+
+    def closed(*args: Any, **kwargs: Any) -> None:
+        raise RedisConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(dead, "send_packed_command", closed)
+    with CaptureQueriesContext(connection) as queries:
+        assert price(pen.pk) == Decimal(1)
+    assert len(queries) == 0  # served from the cache, over a new connection
+    assert transport._connection() is not dead
+    assert stats.get("query_errors") == 0
+    assert "unavailable" not in caplog.text
