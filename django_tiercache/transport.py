@@ -9,6 +9,7 @@ only where still absent. Any other Django cache gets the same semantics through
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from django.core.cache import BaseCache
 from django.core.cache.backends.base import default_key_func
 from django_redis.compressors.identity import IdentityCompressor
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from django_tiercache import stats
 
@@ -69,15 +70,7 @@ values[#values + 1] = locked
 return values
 """
 
-# KEYS: entry, lock (or ""), new version keys...; ARGV: entry, px, version ttl, tokens...
-_WRITE = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if KEYS[2] ~= '' then redis.call('DEL', KEYS[2]) end
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'EX', ARGV[3])
-end
-return 1
-"""
+_READ_SHA = hashlib.sha1(_READ.encode(), usedforsecurity=False).hexdigest()
 
 
 def is_fresh(entry: Any, current: Sequence[int | None]) -> bool:
@@ -196,7 +189,7 @@ class DjangoRedisTransport(Transport):
         for attempt in (1, 2):
             connection = self._connection()
             try:
-                connection.send_packed_command(connection.pack_commands(commands))
+                connection.send_packed_command([_pack(commands)])
                 unread, self._line.unread = self._line.unread, 0
                 for _ in range(unread):
                     self._read_deferred(connection)
@@ -232,7 +225,12 @@ class DjangoRedisTransport(Transport):
         else:
             keys.append(self._key(lock_key))
             now = int(time.time() * 1000)
-            (values,) = self._exchange(("EVAL", _READ, len(keys), *keys, lock_ttl, now))
+            command = ("EVALSHA", _READ_SHA, len(keys), *keys, lock_ttl, now)
+            try:
+                (values,) = self._exchange(command)
+            except NoScriptError:  # a Redis that has not seen the script yet
+                self._exchange(("SCRIPT", "LOAD", _READ))
+                (values,) = self._exchange(command)
         return self._entry(values[0]), [_token(v) for v in values[1:-1]], bool(values[-1])
 
     def _entry(self, raw: bytes | int | None) -> Any:
@@ -256,17 +254,33 @@ class DjangoRedisTransport(Transport):
         version_ttl: int,
         unlock_key: str | None,
     ) -> None:
-        encode = self.client.encode
+        # Plain commands, in order on this connection: a reader in between sees the entry without
+        # its new tokens (a miss) or the lock still held (it waits), never a wrong value.
         header = f"{int(entry.fresh_until * 1000)} {','.join(map(str, entry.versions))}\n"
-        keys = [self._key(entry_key), self._key(unlock_key) if unlock_key else ""]
-        args = [header.encode() + encode(entry), max(1, int(ttl * 1000)), version_ttl]
+        value = header.encode() + self.client.encode(entry)
+        commands: list[tuple[Any, ...]] = [
+            ("SET", self._key(entry_key), value, "PX", max(1, int(ttl * 1000)))
+        ]
         for key, token in new_versions.items():
-            keys.append(self._key(key))
-            args.append(token)
-        self._exchange(("EVAL", _WRITE, len(keys), *keys, *args), wait=False)
+            commands.append(("SET", self._key(key), token, "NX", "EX", version_ttl))
+        if unlock_key is not None:
+            commands.append(("DEL", self._key(unlock_key)))
+        self._exchange(*commands, wait=False)
 
     def invalidate(self, version_keys: Sequence[str], token: int, ttl: int) -> None:
         self._exchange(*(("SET", self._key(key), token, "EX", ttl) for key in version_keys))
+
+
+def _pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    """``commands`` in the Redis protocol (arguments: bytes, str or int), in one buffer."""
+    parts: list[bytes] = []
+    for command in commands:
+        parts.append(b"*%d\r\n" % len(command))
+        for argument in command:
+            if not isinstance(argument, bytes):
+                argument = str(argument).encode()
+            parts += (b"$%d\r\n" % len(argument), argument, b"\r\n")
+    return b"".join(parts)
 
 
 def _tokens(found: Mapping[str, Any], keys: Sequence[str]) -> list[int | None]:
