@@ -11,6 +11,8 @@ table the plan missed is not stored, so a gap in the plan costs a miss, never a 
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import hashlib
 import io
 import pickle
@@ -26,8 +28,8 @@ from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models import Field
-from django.db.models.expressions import BaseExpression
-from django.db.models.lookups import Exact, In
+from django.db.models.expressions import BaseExpression, Col
+from django.db.models.lookups import Exact, In, Lookup
 from django.db.models.sql.query import Query
 from django.db.models.sql.where import WhereNode
 from django.utils.functional import cached_property as django_cached_property
@@ -144,10 +146,24 @@ def tables_in_sql(sql: str) -> set[str]:
     return found
 
 
+_PLAIN = (str, int, float, decimal.Decimal, uuid.UUID, datetime.date, datetime.timedelta)
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is a literal, or a list of literals (never an expression or query)."""
+    if value is None or isinstance(value, _PLAIN):
+        return True
+    return type(value) in (list, tuple, set, frozenset) and all(
+        isinstance(item, _PLAIN) for item in value
+    )
+
+
 def _nested_queries(node: Any, depth: int = 0) -> Iterator[Query]:
     """Queries inside a where tree or an expression (subqueries, Exists, __in=queryset)."""
     if depth > 50 or node is None:
         return
+    if isinstance(node, Lookup) and isinstance(node.lhs, Col) and _plain(node.rhs):
+        return  # column <op> value(s): the common case, nothing nested
     if isinstance(node, Query):
         yield node
         return
