@@ -54,6 +54,9 @@ _DELIMITER = re.compile(r"\s*,\s*")
 # Cache-Control directives that let a shared cache store the response.
 _SHARED_DIRECTIVES = frozenset({"public", "s-maxage"})
 _EDGE_HEADERS_LOWER = tuple(header.lower() for header in EDGE_HEADERS)
+# Copied for each ETag: ``hashlib.sha256()`` looks the algorithm up in OpenSSL every time, which
+# costs a few µs per request once a view has pushed that code out of the CPU caches.
+_SHA256 = hashlib.sha256()
 
 
 # The middleware runs on every request, so header reads and writes below go through the
@@ -64,7 +67,7 @@ _EDGE_HEADERS_LOWER = tuple(header.lower() for header in EDGE_HEADERS)
 
 def _is_plain(value: str) -> bool:
     """Whether ``ResponseHeaders`` would store ``value`` unchanged: ASCII without CR or LF."""
-    return value.isascii() and "\n" not in value and "\r" not in value
+    return type(value) is str and value.isascii() and "\n" not in value and "\r" not in value
 
 
 def _set_header(response: HttpResponseBase, name: str, value: str) -> None:
@@ -74,7 +77,7 @@ def _set_header(response: HttpResponseBase, name: str, value: str) -> None:
     unchanged: a plain ASCII value is stored directly, anything else takes the validating path
     (MIME-encoded, or :class:`~django.http.BadHeaderError`).
     """
-    if value.isascii() and "\n" not in value and "\r" not in value:  # _is_plain, inlined
+    if _is_plain(value):
         response.headers._store[name.lower()] = (name, value)
     else:
         response.headers[name] = value
@@ -223,7 +226,7 @@ def _write_edge_headers(
     if spaced is None:
         spaced = " ".join(ordered)
     # Separators are plain, so every key header is plain when the space-separated one is.
-    plain = _is_plain(spaced)
+    plain = spaced.isascii() and "\n" not in spaced and "\r" not in spaced  # _is_plain, inlined
     for lower, header, separator in key_headers:
         value = spaced if separator == " " else separator.join(ordered)
         if plain:
@@ -319,6 +322,11 @@ def set_weak_etag(response: HttpResponseBase) -> str | None:
     if response.streaming:
         return None
     content: bytes = getattr(response, "content", b"")
-    etag = f'W/"{hashlib.sha256(content).hexdigest()[:32]}"'
+    # SHA-256 rather than a faster CRC-32: part of a page can be user content, and a crafted
+    # collision would let a CDN or browser revalidating a removed version get a 304 and keep it.
+    # It is also the fastest collision-resistant hash in hashlib on CPUs with SHA extensions.
+    digest = _SHA256.copy()
+    digest.update(content)
+    etag = f'W/"{digest.hexdigest()[:32]}"'
     store["etag"] = ("ETag", etag)  # ASCII by construction
     return etag

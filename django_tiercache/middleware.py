@@ -143,7 +143,8 @@ class TierCacheMiddleware:
             return self.__acall__(request)
         token = collector.begin()
         try:
-            response = cast(HttpResponseBase, self.get_response(request))
+            # Sync mode: get_response returns the response (no typing.cast call per request).
+            response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
             return self.process_response(request, response)
         finally:
             collector.end(token)
@@ -162,7 +163,7 @@ class TierCacheMiddleware:
         """Apply the policy; must run inside the request's collector scope."""
         # Runs on every request: the common case (an anonymous origin_cache GET) is kept to
         # few calls; helpers handle everything else.
-        options = _get_options()
+        options = _options or _get_options()
         policy = get_policy(response)
         user_reason = user_specific_reason(request, response)
         if policy is None:
