@@ -5,8 +5,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/http_overhead.py [--requests 3000] [--body-bytes 10000]
 
 Every variant goes through Django's request handler (URL resolution, response creation) with the
-same busy ~1 ms view and the same HTML body; requests alternate between variants so drift hits
-all alike. The view's work is re-scaled after each round so the plain request stays at ~1 ms.
+same busy ~1 ms view and the same HTML body; requests alternate between variants, each taking
+each place in the sequence in turn, so drift hits all alike. The view's work is re-scaled after each round so the plain request stays at ~1 ms.
 
 - ``plain``: the view undecorated, no middleware (a site without django-tiercache).
 - ``tiercache``: ``origin_cache`` with 5 static keys, 15 keys collected the way cached querysets
@@ -172,14 +172,19 @@ def main() -> None:
             runs.append(time.perf_counter() - start)
         WORK_ITERATIONS = max(0, round(WORK_ITERATIONS * VIEW_SECONDS / statistics.median(runs)))
 
+    names = list(variants)
     timings: dict[str, list[float]] = {name: [] for name in variants}
     round_overheads: list[float] = []  # median overhead of each round, so one slow spell of
     per_round = max(1, args.requests // args.rounds)  # the machine does not decide the verdict
     try:
         for _ in range(args.rounds):
             rounds: dict[str, list[float]] = {name: [] for name in variants}
-            for _ in range(per_round):
-                for name, (get_response, url) in variants.items():
+            for turn in range(per_round):
+                # Each variant takes each place in the sequence equally often: whatever the
+                # request before leaves behind (CPU caches, allocator state) is shared out too.
+                order = names[turn % len(names) :] + names[: turn % len(names)]
+                for name in order:
+                    get_response, url = variants[name]
                     request = factory.get(url)
                     start = time.perf_counter()
                     get_response(request)
