@@ -6,7 +6,8 @@ Run from the repository root::
 
 Every variant goes through Django's request handler (URL resolution, response creation) with the
 same busy ~1 ms view and the same HTML body; requests alternate between variants, each taking
-each place in the sequence in turn, so drift hits all alike. The view's work is re-scaled after each round so the plain request stays at ~1 ms.
+each place in the sequence in turn, so drift hits all alike. The view's work is re-scaled after
+each round so the plain request stays at ~1 ms.
 
 - ``plain``: the view undecorated, no middleware (a site without django-tiercache).
 - ``tiercache``: ``origin_cache`` with 5 static keys, 15 keys collected the way cached querysets
