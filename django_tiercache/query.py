@@ -2,8 +2,8 @@
 
 Every key has a version token in the cache. An entry records the tokens of its keys read *before*
 the database was queried; :meth:`QueryResults.invalidate` replaces the tokens on commit, so an
-entry computed from pre-commit data no longer matches and is a miss. A hit is one ``get_many``
-(one Redis round trip): the entry and the current tokens of its keys together.
+entry computed from pre-commit data no longer matches and is a miss. A hit is one round trip:
+the entry and the current tokens of its keys read together (see :mod:`django_tiercache.transport`).
 """
 
 from __future__ import annotations

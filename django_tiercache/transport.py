@@ -1,9 +1,11 @@
-"""How the query tier talks to its cache: one round trip to read, one to write.
+"""How the query tier talks to its cache.
 
-With django-redis the read is a small Lua script: the entry, the version tokens and, when the
-entry is not fresh and valid (checked in Redis, from a plain header before the pickle), the
-single-flight lock, atomically. So is the write: the entry, the lock released, new version tokens
-only where still absent. Any other Django cache gets the same semantics through
+With django-redis (:class:`DjangoRedisTransport`) a hit is one ``MGET`` of the entry and its
+version tokens. The locking read is a small Lua script: the entry, the tokens and, when the entry
+is not fresh and valid (checked in Redis, from a plain header before the pickle), the
+single-flight lock, atomically. The write (the entry, new version tokens only where still absent,
+the lock released) is plain commands sent without waiting for their replies, on the thread's own
+connection. Any other Django cache (:class:`Transport`) gets the same semantics through
 ``get_many``/``add``/``set``/``delete``, in more round trips.
 """
 
@@ -146,8 +148,8 @@ class _Line(threading.local):
 
 
 class DjangoRedisTransport(Transport):
-    """django-redis, over one connection per thread: a Lua script to read (validity checked in
-    Redis), one to write, sent without waiting for its reply.
+    """django-redis, over one connection per thread: a Lua script for the locking read (validity
+    checked in Redis), plain commands to write, sent without waiting for their replies.
 
     Each thread talks to Redis over a connection of its own (outside django-redis' pool, closed
     when the thread ends), so its commands reach Redis in the order it sent them. That lets a
@@ -156,7 +158,7 @@ class DjangoRedisTransport(Transport):
     A cache miss so costs one round trip (the read), not two.
     """
 
-    atomic = shared = True
+    shared = True
 
     def __init__(self, cache: BaseCache) -> None:
         super().__init__(cache)
