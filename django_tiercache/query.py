@@ -197,8 +197,9 @@ class QueryResults:
 
     @property
     def transport(self) -> Transport:
-        """How to reach the cache. A django-redis one is shared by every thread (redis-py's pool
-        is thread-safe) until the settings change; any other is this thread's cache object."""
+        """How to reach the cache. A django-redis one serves every thread (each gets a Redis
+        connection of its own) until the settings change; any other wraps this thread's cache
+        object."""
         transport = self._transport
         if transport is not None and transport.shared:
             return transport
