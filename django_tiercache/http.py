@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from django.apps import apps
@@ -27,7 +27,6 @@ __all__ = [
     "add_vary",
     "cache_control_directives",
     "collapse_object_keys",
-    "edge_cache",
     "fit_keys",
     "format_cache_tag",
     "format_surrogate_key",
@@ -154,7 +153,8 @@ def _edge_values(
     stale_while_revalidate: int | None,
     stale_if_error: int | None,
 ) -> _EdgeValues:
-    """The header values :func:`edge_cache` writes; the middleware memoises them per policy."""
+    """The header values :func:`_write_edge_headers` writes; the middleware memoises them per
+    policy."""
     cache_control = f"public, max-age={browser_max_age}, s-maxage={edge_max_age}"
     surrogate = surrogate_control(edge_max_age, stale_while_revalidate, stale_if_error)
     plain = _is_plain(cache_control) and _is_plain(surrogate)
@@ -173,39 +173,18 @@ def _resolve_key_headers(names: Iterable[str]) -> tuple[tuple[str, str, str], ..
     return tuple(resolved)
 
 
-def edge_cache(
-    response: HttpResponseBase,
-    *,
-    browser_max_age: int,
-    edge_max_age: int,
-    stale_while_revalidate: int | None,
-    stale_if_error: int | None,
-    keys: set[str],
-    key_headers: Sequence[str],
-) -> None:
-    """Mark ``response`` for the edge: public Cache-Control, Surrogate-Control and key headers.
-
-    ``keys`` must already fit (see :func:`fit_keys`); ``key_headers`` are names from
-    ``TIERCACHE["HTTP"]["KEY_HEADERS"]``. No key header is written for an empty key set.
-    """
-    values = _edge_values(browser_max_age, edge_max_age, stale_while_revalidate, stale_if_error)
-    ordered = sorted(keys)
-    _write_edge_headers(
-        response, values, ordered, _resolve_key_headers(key_headers) if ordered else ()
-    )
-
-
 def _write_edge_headers(
     response: HttpResponseBase,
     values: _EdgeValues,
     ordered: list[str],
     key_headers: Iterable[tuple[str, str, str]],
-    spaced: str | None = None,
+    spaced: str,
 ) -> None:
-    """:func:`edge_cache` for sorted, deduplicated keys and resolved key headers.
+    """Mark ``response`` for the edge: public Cache-Control, Surrogate-Control and key headers.
 
-    ``spaced`` is ``" ".join(ordered)`` when the caller already has it. No key header is
-    written for an empty key list.
+    ``ordered`` are the keys, sorted, deduplicated and fitting ``MAX_KEY_HEADER_BYTES`` (see
+    :func:`fit_keys`), ``spaced`` is ``" ".join(ordered)``, ``key_headers`` come from
+    :func:`_resolve_key_headers`. No key header is written for an empty key list.
     """
     headers = response.headers
     store = headers._store
@@ -223,10 +202,8 @@ def _write_edge_headers(
         headers["Surrogate-Control"] = values.surrogate_control
     if not ordered:
         return
-    if spaced is None:
-        spaced = " ".join(ordered)
     # Separators are plain, so every key header is plain when the space-separated one is.
-    plain = spaced.isascii() and "\n" not in spaced and "\r" not in spaced  # _is_plain, inlined
+    plain = _is_plain(spaced)
     for lower, header, separator in key_headers:
         value = spaced if separator == " " else separator.join(ordered)
         if plain:
