@@ -146,7 +146,16 @@ def tables_in_sql(sql: str) -> set[str]:
     return found
 
 
-_PLAIN = (str, int, float, decimal.Decimal, uuid.UUID, datetime.date, datetime.timedelta)
+_PLAIN = (
+    str,
+    int,
+    float,
+    decimal.Decimal,
+    uuid.UUID,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+)
 
 
 def _plain(value: Any) -> bool:
