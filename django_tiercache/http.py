@@ -153,8 +153,8 @@ def _edge_values(
     stale_while_revalidate: int | None,
     stale_if_error: int | None,
 ) -> _EdgeValues:
-    """The header values :func:`_write_edge_headers` writes; the middleware memoises them per
-    policy."""
+    """Cache-Control and Surrogate-Control of an edge-cached response; the middleware memoises
+    them per policy."""
     cache_control = f"public, max-age={browser_max_age}, s-maxage={edge_max_age}"
     surrogate = surrogate_control(edge_max_age, stale_while_revalidate, stale_if_error)
     plain = _is_plain(cache_control) and _is_plain(surrogate)
@@ -173,43 +173,26 @@ def _resolve_key_headers(names: Iterable[str]) -> tuple[tuple[str, str, str], ..
     return tuple(resolved)
 
 
-def _write_edge_headers(
+def _write_key_headers(
     response: HttpResponseBase,
-    values: _EdgeValues,
     ordered: list[str],
-    key_headers: Iterable[tuple[str, str, str]],
     spaced: str,
+    key_headers: Iterable[tuple[str, str, str]],
 ) -> None:
-    """Mark ``response`` for the edge: public Cache-Control, Surrogate-Control and key headers.
+    """Write each key header of ``key_headers`` (from :func:`_resolve_key_headers`).
 
     ``ordered`` are the keys, sorted, deduplicated and fitting ``MAX_KEY_HEADER_BYTES`` (see
-    :func:`fit_keys`), ``spaced`` is ``" ".join(ordered)``, ``key_headers`` come from
-    :func:`_resolve_key_headers`. No key header is written for an empty key list.
+    :func:`fit_keys`); ``spaced`` is ``" ".join(ordered)``.
     """
-    headers = response.headers
-    store = headers._store
-    if "cache-control" in store:
-        patch_cache_control(
-            response, public=True, max_age=values.browser_max_age, s_maxage=values.edge_max_age
-        )
-    elif values.plain:
-        store["cache-control"] = ("Cache-Control", values.cache_control)
-    else:
-        headers["Cache-Control"] = values.cache_control
-    if values.plain:
-        store["surrogate-control"] = ("Surrogate-Control", values.surrogate_control)
-    else:
-        headers["Surrogate-Control"] = values.surrogate_control
-    if not ordered:
-        return
     # Separators are plain, so every key header is plain when the space-separated one is.
     plain = _is_plain(spaced)
+    store = response.headers._store
     for lower, header, separator in key_headers:
         value = spaced if separator == " " else separator.join(ordered)
         if plain:
             store[lower] = (header, value)
         else:
-            headers[header] = value
+            response.headers[header] = value
 
 
 def strip_edge_headers(response: HttpResponseBase) -> None:
@@ -249,11 +232,8 @@ def cache_control_directives(response: HttpResponseBase) -> set[str]:
     return {field.split("=", 1)[0].strip().lower() for field in _DELIMITER.split(value)}
 
 
-def _authenticated_user(request: HttpRequest) -> bool:
-    """Whether ``request.user`` is already loaded and authenticated (never loads it)."""
-    user = vars(request).get("user")
-    if user is None:
-        return False
+def _is_authenticated(user: object) -> bool:
+    """Whether ``request.user`` is loaded and authenticated; a lazy user is never loaded."""
     if isinstance(user, LazyObject):
         user = vars(user).get("_wrapped", empty)
         if user is empty:
@@ -275,7 +255,8 @@ def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> st
     session = getattr(request, "session", None)
     if session is not None and getattr(session, "accessed", False):
         return "the session was accessed"
-    if _authenticated_user(request):
+    user = vars(request).get("user")
+    if user is not None and _is_authenticated(user):
         return "the user is authenticated"
     return None
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
-from django.utils.cache import get_conditional_response
+from django.utils.cache import get_conditional_response, patch_cache_control
 from django.utils.http import parse_http_date_safe
 
 from django_tiercache import collector
@@ -43,7 +44,7 @@ from django_tiercache.http import (
     _edge_values,
     _EdgeValues,
     _resolve_key_headers,
-    _write_edge_headers,
+    _write_key_headers,
     add_vary,
     cache_control_directives,
     fit_keys,
@@ -66,16 +67,26 @@ _ACCEPT_ENCODING = ("Accept-Encoding",)
 class _Options:
     """``TIERCACHE["HTTP"]`` as the middleware reads it per request, memoised until it changes.
 
-    Reading ``tiercache_settings.HTTP`` costs a failed attribute lookup per request, and the
-    Cache-Control / Surrogate-Control values of a policy are the same on every request.
+    Reading ``tiercache_settings.HTTP`` (or ``settings.DEBUG``) costs a failed attribute lookup per
+    request, and the Cache-Control / Surrogate-Control values of a policy are the same on every
+    request. Changing ``TIERCACHE`` or ``DEBUG`` drops the memo.
     """
 
-    __slots__ = ("_edge", "cacheable_statuses", "http", "key_headers", "max_key_header_bytes")
+    __slots__ = (
+        "_edge",
+        "cacheable_statuses",
+        "http",
+        "key_headers",
+        "max_key_header_bytes",
+        "server_timing",
+    )
 
     def __init__(self, http: dict[str, Any]) -> None:
         self.http = http
         self.cacheable_statuses = http["CACHEABLE_STATUSES"]
         self.max_key_header_bytes: int = http["MAX_KEY_HEADER_BYTES"]
+        timing = http["SERVER_TIMING"]
+        self.server_timing = bool(timing or (timing is None and settings.DEBUG))
         self.key_headers: tuple[tuple[str, str, str], ...] | None
         try:
             self.key_headers = _resolve_key_headers(http["KEY_HEADERS"])
@@ -161,53 +172,45 @@ class TierCacheMiddleware:
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
         """Apply the policy; must run inside the request's collector scope."""
-        # Runs on every request: the common case (an anonymous origin_cache GET) is kept to
-        # few calls; helpers handle everything else.
+        # Runs on every request: the common case (an anonymous origin_cache GET) stays in this
+        # method and _origin, with no helper call but the user check and the ETag.
         options = _options or _get_options()
         policy = get_policy(response)
         user_reason = user_specific_reason(request, response)
         if policy is None:
-            self._undecorated(request, response, user_reason)
-        elif policy.kind == "origin":
-            self._origin(request, response, policy, user_reason, options)
+            if user_reason is not None:
+                self._undecorated(request, response, user_reason)
+                self._vary(request, response, (), cacheable=False)
         else:
-            make_private(response, no_store=policy.kind == "no-store")
-
-        cacheable = policy is not None and policy.kind != "no-store"
-        # Only a user-specific response can have accessed the session or set the CSRF cookie.
-        cookie = user_reason is not None and self._touched_cookie_state(request, response)
-        if cookie or (policy is not None and policy.vary_on):
-            vary = ["Accept-Encoding"] if cacheable else []
-            if cookie:
-                vary.append("Cookie")
-            if policy is not None:
-                vary.extend(policy.vary_on)
-            add_vary(response, vary)
-        elif cacheable:
-            store = response.headers._store
-            if "vary" in store:
-                add_vary(response, _ACCEPT_ENCODING)
-            else:  # what patch_vary_headers writes, only faster
-                store["vary"] = ("Vary", "Accept-Encoding")
-
-        if (
-            cacheable
-            and request.method == "GET"
-            and isinstance(response, HttpResponse)  # not streaming and file responses
-            and 200 <= response.status_code < 300
-        ):
-            etag = set_weak_etag(response)
-            meta = request.META
+            kind = policy.kind
+            if kind == "origin":
+                self._origin(request, response, policy, user_reason, options)
+            else:
+                make_private(response, no_store=kind == "no-store")
+            if user_reason is not None or policy.vary_on:
+                self._vary(request, response, policy.vary_on, cacheable=kind != "no-store")
+            elif kind != "no-store":
+                store = response.headers._store
+                if "vary" in store:
+                    add_vary(response, _ACCEPT_ENCODING)
+                else:  # what patch_vary_headers writes, only faster
+                    store["vary"] = ("Vary", "Accept-Encoding")
             if (
-                "HTTP_IF_NONE_MATCH" in meta
-                or "HTTP_IF_MODIFIED_SINCE" in meta
-                or "HTTP_IF_MATCH" in meta
-                or "HTTP_IF_UNMODIFIED_SINCE" in meta
+                kind != "no-store"
+                and request.method == "GET"
+                and isinstance(response, HttpResponse)  # not streaming and file responses
+                and 200 <= response.status_code < 300
             ):
-                response = self._conditional(request, response, etag)
-
-        timing = options.http["SERVER_TIMING"]
-        if timing or (timing is None and settings.DEBUG):
+                etag = set_weak_etag(response)
+                meta = request.META
+                if (
+                    "HTTP_IF_NONE_MATCH" in meta
+                    or "HTTP_IF_MODIFIED_SINCE" in meta
+                    or "HTTP_IF_MATCH" in meta
+                    or "HTTP_IF_UNMODIFIED_SINCE" in meta
+                ):
+                    response = self._conditional(request, response, etag)
+        if options.server_timing:
             self._server_timing(response)
         return response
 
@@ -219,41 +222,29 @@ class TierCacheMiddleware:
         user_reason: str | None,
         options: _Options,
     ) -> None:
+        store = response.headers._store
         why_not: str | None = None
-        keys: set[str] | None = None
         if request.method not in _CACHEABLE_METHODS:
             why_not = f"method {request.method}"
         elif response.status_code not in options.cacheable_statuses:
             why_not = f"status {response.status_code}"
         elif user_reason is not None:
             why_not = user_reason
-        elif "cache-control" in response.headers._store and (
-            cache_control_directives(response) & _OPTED_OUT
-        ):
+        elif "cache-control" in store and cache_control_directives(response) & _OPTED_OUT:
             why_not = "the view made it private or no-store"
         else:
             scope = collector.current()
-            keys = scope.keys | policy.keys if scope is not None else set(policy.keys)
+            keys = scope.keys | policy.keys if scope is not None else policy.keys
             ordered = sorted(keys)
             spaced = " ".join(ordered)  # the Surrogate-Key value; its length is key_header_bytes
             if len(spaced) > options.max_key_header_bytes:
-                wanted = keys
-                keys = fit_keys(wanted, options.max_key_header_bytes)
-                if keys is None:
+                fitting = self._fit_keys(request, policy, keys, options)
+                if fitting is None:
                     why_not = "its keys do not fit MAX_KEY_HEADER_BYTES"
-                    logger.warning(
-                        "Not edge-caching %s (%s): %d keys need %d bytes even collapsed to table "
-                        "keys, over MAX_KEY_HEADER_BYTES=%d.",
-                        request.path,
-                        policy.view_name,
-                        len(wanted),
-                        key_header_bytes(wanted),
-                        options.max_key_header_bytes,
-                    )
                 else:
-                    ordered = sorted(keys)
+                    ordered = fitting
                     spaced = " ".join(ordered)
-        if keys is None:
+        if why_not is not None:
             if user_reason == SETS_COOKIE:
                 logger.warning(
                     "origin_cache on %s downgraded to private for %s: %s.",
@@ -266,11 +257,42 @@ class TierCacheMiddleware:
             make_private(response)
             return
         key_headers = options.key_headers
-        if key_headers is None and ordered:
+        if key_headers is None:
             key_headers = _resolve_key_headers(options.http["KEY_HEADERS"])  # raises
-        _write_edge_headers(
-            response, options.edge_values(policy), ordered, key_headers or (), spaced
-        )
+        values = options.edge_values(policy)
+        if "cache-control" in store:
+            patch_cache_control(
+                response, public=True, max_age=values.browser_max_age, s_maxage=values.edge_max_age
+            )
+        elif values.plain:
+            store["cache-control"] = ("Cache-Control", values.cache_control)
+        else:
+            response.headers["Cache-Control"] = values.cache_control
+        if values.plain:
+            store["surrogate-control"] = ("Surrogate-Control", values.surrogate_control)
+        else:
+            response.headers["Surrogate-Control"] = values.surrogate_control
+        if ordered:
+            _write_key_headers(response, ordered, spaced, key_headers)
+
+    @staticmethod
+    def _fit_keys(
+        request: HttpRequest, policy: CachePolicy, keys: AbstractSet[str], options: _Options
+    ) -> list[str] | None:
+        """``keys`` collapsed to fit ``MAX_KEY_HEADER_BYTES``, sorted; None (logged) if not."""
+        fitting = fit_keys(set(keys), options.max_key_header_bytes)
+        if fitting is None:
+            logger.warning(
+                "Not edge-caching %s (%s): %d keys need %d bytes even collapsed to table "
+                "keys, over MAX_KEY_HEADER_BYTES=%d.",
+                request.path,
+                policy.view_name,
+                len(keys),
+                key_header_bytes(keys),
+                options.max_key_header_bytes,
+            )
+            return None
+        return sorted(fitting)
 
     @staticmethod
     def _undecorated(
@@ -288,11 +310,20 @@ class TierCacheMiddleware:
         make_private(response)
 
     @staticmethod
-    def _touched_cookie_state(request: HttpRequest, response: HttpResponseBase) -> bool:
+    def _vary(
+        request: HttpRequest, response: HttpResponseBase, vary_on: tuple[str, ...], cacheable: bool
+    ) -> None:
+        """Merge Vary: ``Accept-Encoding`` if ``cacheable``, ``Cookie`` if the session was accessed
+        or the CSRF cookie set, then ``vary_on``."""
+        vary = ["Accept-Encoding"] if cacheable else []
         session = getattr(request, "session", None)
-        if session is not None and getattr(session, "accessed", False):
-            return True
-        return bool(response.cookies) and settings.CSRF_COOKIE_NAME in response.cookies
+        if (session is not None and getattr(session, "accessed", False)) or (
+            response.cookies and settings.CSRF_COOKIE_NAME in response.cookies
+        ):
+            vary.append("Cookie")
+        vary.extend(vary_on)
+        if vary:
+            add_vary(response, vary)
 
     @staticmethod
     def _conditional(
