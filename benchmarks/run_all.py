@@ -41,7 +41,7 @@ def main() -> None:
             f"--markdown={query_table}",
         )
         query = query_table.read_text() if query_table.exists() else "failed"
-    http = run(str(HERE / "http_overhead.py"), "--requests=3000")
+    http = run(str(HERE / "http_overhead.py"))
     batching = run(str(HERE / "purge_batching.py"))
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Benchmark results
@@ -52,7 +52,7 @@ Written by `make bench` ({when}, Python {platform.python_version()}, {platform.m
 
 {query}
 
-## HTTP tier (`benchmarks/http_overhead.py --requests 3000`)
+## HTTP tier (`benchmarks/http_overhead.py`: 5 processes x 2,000 requests per variant)
 
 ```
 {http}

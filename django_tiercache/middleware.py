@@ -234,7 +234,11 @@ class TierCacheMiddleware:
             why_not = "the view made it private or no-store"
         else:
             scope = collector.current()
-            keys = scope.keys | policy.keys if scope is not None else policy.keys
+            if scope is None:
+                keys: AbstractSet[str] = policy.keys
+            else:  # the scope ends with this response: its set can take the view's keys
+                keys = scope.keys
+                keys.update(policy.keys)
             ordered = sorted(keys)
             spaced = " ".join(ordered)  # the Surrogate-Key value; its length is key_header_bytes
             if len(spaced) > options.max_key_header_bytes:
