@@ -172,8 +172,8 @@ class TierCacheMiddleware:
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
         """Apply the policy; must run inside the request's collector scope."""
-        # Runs on every request: the common case (an anonymous origin_cache GET) stays in this
-        # method and _origin, with no helper call but the user check and the ETag.
+        # Runs on every request: the common case (an anonymous origin_cache GET) is kept to a few
+        # calls, and reads nothing per request that only changes with the settings.
         options = _options or _get_options()
         policy = get_policy(response)
         user_reason = user_specific_reason(request, response)
@@ -261,7 +261,7 @@ class TierCacheMiddleware:
             make_private(response)
             return
         key_headers = options.key_headers
-        if key_headers is None:
+        if key_headers is None and ordered:
             key_headers = _resolve_key_headers(options.http["KEY_HEADERS"])  # raises
         values = options.edge_values(policy)
         if "cache-control" in store:
@@ -276,7 +276,7 @@ class TierCacheMiddleware:
             store["surrogate-control"] = ("Surrogate-Control", values.surrogate_control)
         else:
             response.headers["Surrogate-Control"] = values.surrogate_control
-        if ordered:
+        if ordered and key_headers:
             _write_key_headers(response, ordered, spaced, key_headers)
 
     @staticmethod
