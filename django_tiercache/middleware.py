@@ -67,9 +67,10 @@ _ACCEPT_ENCODING = ("Accept-Encoding",)
 class _Options:
     """``TIERCACHE["HTTP"]`` as the middleware reads it per request, memoised until it changes.
 
-    Reading ``tiercache_settings.HTTP`` (or ``settings.DEBUG``) costs a failed attribute lookup per
-    request, and the Cache-Control / Surrogate-Control values of a policy are the same on every
-    request. Changing ``TIERCACHE`` or ``DEBUG`` drops the memo.
+    Reading ``tiercache_settings.HTTP`` costs a failed attribute lookup per request and
+    ``settings.DEBUG`` a Python-level ``__getattribute__``; the Cache-Control / Surrogate-Control
+    values of a policy are the same on every request. Changing ``TIERCACHE`` or ``DEBUG`` drops
+    the memo.
     """
 
     __slots__ = (
@@ -187,6 +188,7 @@ class TierCacheMiddleware:
                 self._origin(request, response, policy, user_reason, options)
             else:
                 make_private(response, no_store=kind == "no-store")
+            # Only a user-specific response can have accessed the session or set the CSRF cookie.
             if user_reason is not None or policy.vary_on:
                 self._vary(request, response, policy.vary_on, cacheable=kind != "no-store")
             elif kind != "no-store":
@@ -299,11 +301,8 @@ class TierCacheMiddleware:
         return sorted(fitting)
 
     @staticmethod
-    def _undecorated(
-        request: HttpRequest, response: HttpResponseBase, user_reason: str | None
-    ) -> None:
-        if user_reason is None:
-            return
+    def _undecorated(request: HttpRequest, response: HttpResponseBase, user_reason: str) -> None:
+        """Keep a user-specific response of an undecorated view out of shared caches."""
         directives = cache_control_directives(response)
         if directives & _SHARED:
             logger.warning(
