@@ -61,7 +61,7 @@ def get_policy(response: HttpResponseBase) -> CachePolicy | None:
 
 
 def _record(response: HttpResponseBase, policy: CachePolicy) -> None:
-    current: CachePolicy | None = getattr(response, _ATTRIBUTE, None)
+    current = get_policy(response)
     if current is None or _RANK[policy.kind] > _RANK[current.kind]:
         setattr(response, _ATTRIBUTE, policy)
 

@@ -143,8 +143,6 @@ class _EdgeValues(NamedTuple):
     #: What ``patch_cache_control`` writes on a response without Cache-Control.
     cache_control: str
     surrogate_control: str
-    #: Both values are plain ASCII (see :func:`_is_plain`): they can be stored as they are.
-    plain: bool
 
 
 def _edge_values(
@@ -157,8 +155,7 @@ def _edge_values(
     them per policy."""
     cache_control = f"public, max-age={browser_max_age}, s-maxage={edge_max_age}"
     surrogate = surrogate_control(edge_max_age, stale_while_revalidate, stale_if_error)
-    plain = _is_plain(cache_control) and _is_plain(surrogate)
-    return _EdgeValues(browser_max_age, edge_max_age, cache_control, surrogate, plain)
+    return _EdgeValues(browser_max_age, edge_max_age, cache_control, surrogate)
 
 
 def _resolve_key_headers(names: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
@@ -241,6 +238,12 @@ def _is_authenticated(user: object) -> bool:
     return bool(getattr(user, "is_authenticated", False))
 
 
+def _session_accessed(request: HttpRequest) -> bool:
+    """Whether the request's session (if any) was read or written."""
+    session = getattr(request, "session", None)
+    return session is not None and bool(getattr(session, "accessed", False))
+
+
 def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> str | None:
     """Why ``response`` may depend on who asked, or None when it cannot.
 
@@ -252,8 +255,7 @@ def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> st
         return SETS_COOKIE
     if "HTTP_AUTHORIZATION" in request.META:
         return "the request has an Authorization header"
-    session = getattr(request, "session", None)
-    if session is not None and getattr(session, "accessed", False):
+    if _session_accessed(request):
         return "the session was accessed"
     user = vars(request).get("user")
     if user is not None and _is_authenticated(user):

@@ -44,6 +44,8 @@ from django_tiercache.http import (
     _edge_values,
     _EdgeValues,
     _resolve_key_headers,
+    _session_accessed,
+    _set_header,
     _write_key_headers,
     add_vary,
     cache_control_directives,
@@ -192,11 +194,7 @@ class TierCacheMiddleware:
             if user_reason is not None or policy.vary_on:
                 self._vary(request, response, policy.vary_on, cacheable=kind != "no-store")
             elif kind != "no-store":
-                store = response.headers._store
-                if "vary" in store:
-                    add_vary(response, _ACCEPT_ENCODING)
-                else:  # what patch_vary_headers writes, only faster
-                    store["vary"] = ("Vary", "Accept-Encoding")
+                add_vary(response, _ACCEPT_ENCODING)
             if (
                 kind != "no-store"
                 and request.method == "GET"
@@ -270,14 +268,9 @@ class TierCacheMiddleware:
             patch_cache_control(
                 response, public=True, max_age=values.browser_max_age, s_maxage=values.edge_max_age
             )
-        elif values.plain:
-            store["cache-control"] = ("Cache-Control", values.cache_control)
         else:
-            response.headers["Cache-Control"] = values.cache_control
-        if values.plain:
-            store["surrogate-control"] = ("Surrogate-Control", values.surrogate_control)
-        else:
-            response.headers["Surrogate-Control"] = values.surrogate_control
+            _set_header(response, "Cache-Control", values.cache_control)
+        _set_header(response, "Surrogate-Control", values.surrogate_control)
         if ordered and key_headers:
             _write_key_headers(response, ordered, spaced, key_headers)
 
@@ -319,8 +312,7 @@ class TierCacheMiddleware:
         """Merge Vary: ``Accept-Encoding`` if ``cacheable``, ``Cookie`` if the session was accessed
         or the CSRF cookie set, then ``vary_on``."""
         vary = ["Accept-Encoding"] if cacheable else []
-        session = getattr(request, "session", None)
-        if (session is not None and getattr(session, "accessed", False)) or (
+        if _session_accessed(request) or (
             response.cookies and settings.CSRF_COOKIE_NAME in response.cookies
         ):
             vary.append("Cookie")
