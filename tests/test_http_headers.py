@@ -308,3 +308,13 @@ def test_server_timing_follows_debug_when_unset(client: Client, settings: Any) -
     assert client.get("/http/plain/")["Server-Timing"] == (
         "tiercache-hits;desc=0, tiercache-misses;desc=0"
     )
+
+
+def test_server_timing_follows_debug_changed_while_running(client: Client, settings: Any) -> None:
+    assert "Server-Timing" not in client.get("/http/plain/")
+
+    settings.DEBUG = True
+    assert "Server-Timing" in client.get("/http/plain/")
+
+    settings.DEBUG = False
+    assert "Server-Timing" not in client.get("/http/plain/")
