@@ -154,7 +154,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     configure()
     from django.test import RequestFactory
 
-    from django_tiercache.decorators import origin_cache
+    from django_tiercache.http.decorators import origin_cache
 
     cache = origin_cache(600, keys=STATIC_KEYS)
     with_middleware = build_handler(["django_tiercache.middleware.TierCacheMiddleware"])

@@ -46,7 +46,7 @@ def main() -> None:
     from django.db import connection, transaction
 
     from benchmarks.benchapp.models import Group, Item
-    from django_tiercache.purgers import locmem
+    from django_tiercache.edge.purgers import locmem
 
     call_command("migrate", "django_tiercache", verbosity=0)
     with connection.schema_editor() as editor:

@@ -19,7 +19,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from django_tiercache.collector import add_keys
-    from django_tiercache.events import purge_completed, purge_failed
+    from django_tiercache.edge.events import purge_completed, purge_failed
     from django_tiercache.invalidation import invalidate
     from django_tiercache.keys import key_factory, normalize_key, register
     from django_tiercache.warmers import warmer
@@ -32,8 +32,8 @@ _LAZY = {
     "key_factory": "django_tiercache.keys",
     "normalize_key": "django_tiercache.keys",
     "register": "django_tiercache.keys",
-    "purge_completed": "django_tiercache.events",
-    "purge_failed": "django_tiercache.events",
+    "purge_completed": "django_tiercache.edge.events",
+    "purge_failed": "django_tiercache.edge.events",
     "warmer": "django_tiercache.warmers",
 }
 

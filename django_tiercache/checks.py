@@ -20,7 +20,7 @@ from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
 from django_tiercache.conf import DEFAULTS, MAX_TIMEOUT, SETTING_NAME, tiercache_settings
-from django_tiercache.purgers import PurgerConfigError, build_purger
+from django_tiercache.edge.purgers import PurgerConfigError, build_purger
 
 KNOWN_KEY_HEADERS = frozenset({"surrogate-key", "cache-tag", "xkey"})
 

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     # Purgers by name: {"name": {"BACKEND": "dotted.path", ...options}}.
     "PURGERS": {},
     # Dotted path of ``f(row_ids: list[int], using: str) -> None`` that hands committed outbox
-    # rows to the edge tier; None picks the built-in dispatcher (see django_tiercache.outbox).
+    # rows to the edge tier; None picks the built-in dispatcher (see django_tiercache.edge.outbox).
     "DISPATCHER": None,
     # HTTP tier settings, merged over HTTP_DEFAULTS.
     "HTTP": {},

@@ -17,7 +17,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.dispatch import Signal
 
-from django_tiercache import outbox
+from django_tiercache.edge import outbox
 from django_tiercache.keys import normalize_keys
 
 logger = logging.getLogger(__name__)

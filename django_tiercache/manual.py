@@ -12,10 +12,10 @@ from functools import partial
 from django.db import transaction
 from django.utils import timezone
 
-from django_tiercache import outbox
+from django_tiercache.edge import outbox
+from django_tiercache.edge.purgers import PurgeResult, get_purgers
 from django_tiercache.keys import normalize_keys
 from django_tiercache.models import PurgeRequest
-from django_tiercache.purgers import PurgeResult, get_purgers
 
 __all__ = ["SKIPPED", "request_purge", "retry"]
 

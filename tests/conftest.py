@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import caches
 
 from django_tiercache import stats
-from django_tiercache.purgers import locmem
+from django_tiercache.edge.purgers import locmem
 
 _RUN = f"tct{os.getpid()}"
 _counter = itertools.count()

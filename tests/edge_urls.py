@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import path
 
 from django_tiercache import add_keys
-from django_tiercache.decorators import origin_cache
+from django_tiercache.http.decorators import origin_cache
 from tests.testapp.models import Product
 
 

@@ -1,6 +1,7 @@
 """Test settings. Embedded defaults (SQLite + fakeredis) unless the environment names real services:
 
-- ``TIERCACHE_TEST_DATABASE=postgres`` (``TIERCACHE_TEST_POSTGRES_HOST``/``_PORT``/``_USER``/``_NAME``)
+- ``TIERCACHE_TEST_DATABASE=postgres``
+  (``TIERCACHE_TEST_POSTGRES_HOST``/``_PORT``/``_USER``/``_NAME``)
 - ``TIERCACHE_TEST_REDIS_URL=redis://127.0.0.1:6379/15``
 """
 
@@ -56,9 +57,7 @@ if os.environ.get("TIERCACHE_TEST_DATABASE", "sqlite") == "postgres":
             "HOST": os.environ.get("TIERCACHE_TEST_POSTGRES_HOST", "127.0.0.1"),
             "PORT": os.environ.get("TIERCACHE_TEST_POSTGRES_PORT", "5432"),
             "USER": os.environ.get("TIERCACHE_TEST_POSTGRES_USER", "postgres"),
-            "TEST": {
-                "NAME": "test_" + os.environ.get("TIERCACHE_TEST_POSTGRES_NAME", "tiercache")
-            },
+            "TEST": {"NAME": "test_" + os.environ.get("TIERCACHE_TEST_POSTGRES_NAME", "tiercache")},
         }
     }
 else:

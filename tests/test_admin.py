@@ -11,8 +11,8 @@ from django.test import Client
 from django.test.client import Client as ClientType
 from django.urls import reverse
 
+from django_tiercache.edge.purgers import locmem
 from django_tiercache.models import PurgeRequest
-from django_tiercache.purgers import locmem
 from django_tiercache.redact import MASK
 from tests.testapp.models import Category, Product
 

@@ -92,7 +92,7 @@ def test_bad_purger_backend(config: Any) -> None:
 
 
 def test_missing_purger_option_names_the_purger(monkeypatch: Any) -> None:
-    from django_tiercache.purgers.locmem import LocMemPurger
+    from django_tiercache.edge.purgers.locmem import LocMemPurger
 
     monkeypatch.setattr(LocMemPurger, "required_options", ("SERVICE_ID", "API_TOKEN"))
     (msg,) = messages(PURGE_ASYNC=False, PURGERS={"cdn": {"BACKEND": LOCMEM, "SERVICE_ID": "s"}})
@@ -102,7 +102,7 @@ def test_missing_purger_option_names_the_purger(monkeypatch: Any) -> None:
 
 
 def test_purger_errors_never_show_secrets(monkeypatch: Any) -> None:
-    from django_tiercache.purgers.locmem import LocMemPurger
+    from django_tiercache.edge.purgers.locmem import LocMemPurger
 
     monkeypatch.setattr(LocMemPurger, "required_options", ("SERVICE_ID",))
     (msg,) = messages(

@@ -15,8 +15,8 @@ import responses
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from django_tiercache.edge.purgers import locmem
 from django_tiercache.models import PurgeRequest
-from django_tiercache.purgers import locmem
 from django_tiercache.query import query_results
 from tests.settings_operator import FASTLY_TOKEN
 from tests.test_purgers_fastly import FASTLY

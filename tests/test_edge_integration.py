@@ -33,8 +33,8 @@ from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.db import connection
 from django.test import override_settings
 
+from django_tiercache.edge.tasks import redrive_outbox
 from django_tiercache.models import PurgeRequest
-from django_tiercache.tasks import redrive_outbox
 from tests.test_tasks import use_app
 from tests.testapp.models import Category, Product
 from tests.varnish_support import (

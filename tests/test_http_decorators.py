@@ -10,8 +10,8 @@ from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client, RequestFactory
 
-from django_tiercache.decorators import get_policy, origin_cache, private_cache
-from django_tiercache.middleware import TierCacheMiddleware
+from django_tiercache.http.decorators import get_policy, origin_cache, private_cache
+from django_tiercache.http.middleware import TierCacheMiddleware
 
 
 def view(request: HttpRequest) -> HttpResponse:
@@ -70,7 +70,7 @@ def test_decorated_view_keeps_its_name_and_records_its_policy() -> None:
 def test_origin_cache_without_the_middleware_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     decorated = origin_cache(60)(view)
 
-    with caplog.at_level(logging.WARNING, logger="django_tiercache.decorators"):
+    with caplog.at_level(logging.WARNING, logger="django_tiercache.http.decorators"):
         decorated(RequestFactory().get("/"))
         decorated(RequestFactory().get("/"))
 

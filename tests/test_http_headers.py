@@ -9,7 +9,7 @@ import pytest
 from django.http import HttpResponse
 from django.test import Client, override_settings
 
-from django_tiercache.http import (
+from django_tiercache.http.headers import (
     collapse_object_keys,
     fit_keys,
     format_cache_tag,
@@ -166,7 +166,7 @@ def test_keys_too_long_even_collapsed_are_not_edge_cached_and_logged(
 ) -> None:
     http_settings(settings, MAX_KEY_HEADER_BYTES=1024)
 
-    with caplog.at_level(logging.WARNING, logger="django_tiercache.middleware"):
+    with caplog.at_level(logging.WARNING, logger="django_tiercache.http.middleware"):
         response = client.get("/http/keys/?objects=500&custom=60")  # 60 x 21 bytes > 1024
 
     assert response.status_code == 200

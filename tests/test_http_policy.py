@@ -109,7 +109,7 @@ def test_session_touched_is_private(client: Client) -> None:
 def test_set_cookie_downgrades_origin_cache_to_private_and_logs(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="django_tiercache.middleware"):
+    with caplog.at_level(logging.WARNING, logger="django_tiercache.http.middleware"):
         response = client.get("/http/cookie/")
 
     assert response.cookies["flavour"].value == "oat"
@@ -224,7 +224,7 @@ def test_undecorated_view_that_touches_the_session_becomes_private(client: Clien
 def test_undecorated_public_response_that_touched_the_session_is_downgraded_and_logged(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="django_tiercache.middleware"):
+    with caplog.at_level(logging.WARNING, logger="django_tiercache.http.middleware"):
         response = client.get("/http/plain-public-session/")
 
     assert response["Cache-Control"] == "max-age=60, private"

@@ -9,10 +9,10 @@ import pytest
 from django.db import transaction
 
 from django_tiercache import invalidate
+from django_tiercache.edge.outbox import redrive
+from django_tiercache.edge.purgers.locmem import purged_keys
 from django_tiercache.invalidation import keys_invalidated
 from django_tiercache.models import PurgeRequest
-from django_tiercache.outbox import redrive
-from django_tiercache.purgers.locmem import purged_keys
 from django_tiercache.query import query_results
 from tests.testapp.models import Category, Product, Review, SpecialProduct, Tag, Untracked
 
@@ -236,7 +236,7 @@ def test_query_tier_first_then_edge(pen: Product, purgers: list[Any], monkeypatc
     monkeypatch.setattr(
         query_results, "invalidate", lambda keys: (order.append("query"), real_invalidate(keys))
     )
-    from django_tiercache.purgers.locmem import LocMemPurger
+    from django_tiercache.edge.purgers.locmem import LocMemPurger
 
     real_send = LocMemPurger.send_batch
     monkeypatch.setattr(
@@ -337,7 +337,7 @@ def test_cache_outage_at_commit_never_reaches_save(
 def test_purger_failure_never_reaches_save(
     pen: Product, purgers: list[Any], monkeypatch: Any
 ) -> None:
-    from django_tiercache.purgers.locmem import LocMemPurger
+    from django_tiercache.edge.purgers.locmem import LocMemPurger
 
     def boom(self: Any, keys: Any, soft: bool) -> Any:
         raise OSError("edge unreachable")

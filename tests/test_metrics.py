@@ -12,11 +12,12 @@ import responses
 from django.utils import timezone
 
 import django_tiercache
-from django_tiercache import outbox, stats
-from django_tiercache.events import purge_completed, purge_failed
+from django_tiercache import stats
+from django_tiercache.edge import outbox
+from django_tiercache.edge.events import purge_completed, purge_failed
+from django_tiercache.edge.purgers.fastly import FastlyPurger
+from django_tiercache.edge.purgers.locmem import LocMemPurger
 from django_tiercache.models import PurgeRequest
-from django_tiercache.purgers.fastly import FastlyPurger
-from django_tiercache.purgers.locmem import LocMemPurger
 from django_tiercache.query import query_results
 from tests.test_purgers_fastly import FASTLY
 from tests.test_purgers_fastly import TOKEN as FASTLY_TOKEN

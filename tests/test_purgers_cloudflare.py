@@ -13,8 +13,8 @@ import pytest
 import requests
 import responses
 
-from django_tiercache.purgers import PurgerConfigError
-from django_tiercache.purgers.cloudflare import CloudflarePurger
+from django_tiercache.edge.purgers import PurgerConfigError
+from django_tiercache.edge.purgers.cloudflare import CloudflarePurger
 from tests import cdn_specs
 
 TOKEN = "cf-api-token-77aa"

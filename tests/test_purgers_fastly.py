@@ -17,9 +17,9 @@ import responses
 from django.core import checks
 from django.test import override_settings
 
-from django_tiercache.purgers import PurgerConfigError
-from django_tiercache.purgers.fastly import FastlyPurger
-from django_tiercache.purgers.http import retry_after_seconds
+from django_tiercache.edge.purgers import PurgerConfigError
+from django_tiercache.edge.purgers.fastly import FastlyPurger
+from django_tiercache.edge.purgers.http_api import retry_after_seconds
 from tests import cdn_specs
 
 TOKEN = "fastly-secret-token-9c1e"

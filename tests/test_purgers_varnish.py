@@ -12,8 +12,8 @@ import pytest
 import requests
 import responses
 
-from django_tiercache.purgers import PurgerConfigError
-from django_tiercache.purgers.varnish import VarnishPurger
+from django_tiercache.edge.purgers import PurgerConfigError
+from django_tiercache.edge.purgers.varnish import VarnishPurger
 from tests.varnish_support import TOKEN, Origin, Reply, Varnish, origin, varnish, varnish_bin
 
 __all__ = ["origin", "varnish", "varnish_bin"]  # fixtures

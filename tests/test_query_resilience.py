@@ -120,7 +120,7 @@ def test_stale_while_revalidate(
 ) -> None:
     settings.TIERCACHE = {**settings.TIERCACHE, "STALE_TIMEOUT": 60}
     clock = [1_000_000.0]
-    monkeypatch.setattr("django_tiercache.query.time.time", lambda: clock[0])
+    monkeypatch.setattr("django_tiercache.query.service.time.time", lambda: clock[0])
     compute_calls: list[int] = []
 
     def compute() -> int:

@@ -16,8 +16,13 @@ from django.conf import settings as django_settings
 from django.db import transaction
 from django.test import override_settings
 
+from django_tiercache.edge.tasks import (
+    MAX_RETRIES,
+    RETRY_BACKOFF,
+    RETRY_BACKOFF_MAX,
+    redrive_outbox,
+)
 from django_tiercache.models import PurgeRequest
-from django_tiercache.tasks import MAX_RETRIES, RETRY_BACKOFF, RETRY_BACKOFF_MAX, redrive_outbox
 from tests.test_purgers_cloudflare import CLOUDFLARE, cloudflare_ok
 from tests.test_purgers_cloudflare import TOKEN as CF_TOKEN
 from tests.test_purgers_cloudflare import ZONE as CF_ZONE

@@ -14,7 +14,7 @@ from django.views import View
 from django.views.decorators.cache import cache_control
 
 from django_tiercache import add_keys, collector
-from django_tiercache.decorators import no_cache, origin_cache, private_cache
+from django_tiercache.http.decorators import no_cache, origin_cache, private_cache
 
 
 def page_keys(request: HttpRequest, response: HttpResponseBase) -> list[str]:

@@ -19,14 +19,15 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from django_tiercache import manual, outbox
+from django_tiercache import manual
 from django_tiercache.conf import tiercache_settings
+from django_tiercache.edge import outbox
+from django_tiercache.edge.purgers import BasePurger, get_purgers
+from django_tiercache.edge.purgers.cloudflare import CloudflarePurger
+from django_tiercache.edge.purgers.fastly import FastlyPurger
+from django_tiercache.edge.purgers.varnish import VarnishPurger
 from django_tiercache.keys import instance_keys, normalize_key, table_keys
 from django_tiercache.models import PurgeRequest
-from django_tiercache.purgers import BasePurger, get_purgers
-from django_tiercache.purgers.cloudflare import CloudflarePurger
-from django_tiercache.purgers.fastly import FastlyPurger
-from django_tiercache.purgers.varnish import VarnishPurger
 from django_tiercache.redact import redact
 
 #: Exit status when the command line names something unknown.

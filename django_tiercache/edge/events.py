@@ -1,6 +1,6 @@
 """Signals sent after each edge purge, for wiring metrics (statsd, Prometheus) and alerts.
 
-Both are sent by :func:`django_tiercache.outbox.deliver` once per purger per delivery, with
+Both are sent by :func:`django_tiercache.edge.outbox.deliver` once per purger per delivery, with
 ``sender`` the purger's class and these keyword arguments:
 
 - ``purger``: the purger's name in ``TIERCACHE["PURGERS"]``;
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from django.dispatch import Signal
 
 from django_tiercache import stats
+from django_tiercache.edge.purgers import BasePurger, PurgeResult
 from django_tiercache.models import PurgeRequest
-from django_tiercache.purgers import BasePurger, PurgeResult
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 from django.db import models
 from django.db.models.sql.query import Query
 
-from django_tiercache.planner import fingerprint, memoised_names
+from django_tiercache.query.planner import fingerprint, memoised_names
 
 #: Types of values recorded as they are: equal values of one of them have the same repr().
 EXACT = frozenset({str, int, type(None)})

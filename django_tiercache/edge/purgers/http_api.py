@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import requests
 
 from django_tiercache import __version__
-from django_tiercache.purgers.base import BasePurger, PurgerConfigError, PurgeResult
+from django_tiercache.edge.purgers.base import BasePurger, PurgerConfigError, PurgeResult
 from django_tiercache.redact import MASK, redact
 
 #: Default seconds to wait for a TCP connection (``CONNECT_TIMEOUT``).

@@ -17,10 +17,10 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from django_tiercache import events
 from django_tiercache.conf import tiercache_settings
+from django_tiercache.edge import events
+from django_tiercache.edge.purgers import BasePurger, PurgeResult, get_purgers
 from django_tiercache.models import PurgeRequest
-from django_tiercache.purgers import BasePurger, PurgeResult, get_purgers
 from django_tiercache.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def record_query_failure(row_ids: list[int], using: str, exc: BaseException) -> 
 
 def _default_dispatcher() -> Dispatcher:
     if tiercache_settings.PURGE_ASYNC:
-        from django_tiercache.tasks import enqueue
+        from django_tiercache.edge.tasks import enqueue
 
         return enqueue
     return deliver_quietly

@@ -1,0 +1,105 @@
+"""Celery tasks of the edge tier: deliver outbox rows, and redrive the ones left behind.
+
+Payloads are outbox row ids only, never keys or secrets. Tasks are ``acks_late``: a worker that
+dies mid-purge leaves the message to be delivered again, and rows remember which purgers already
+succeeded, so those are not called twice.
+
+Beat schedule for the redrive (documented in docs/purgers.rst)::
+
+    CELERY_BEAT_SCHEDULE = {
+        "tiercache-redrive": {"task": "django_tiercache.tasks.redrive_outbox", "schedule": 60.0},
+    }
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
+
+from django_tiercache.edge import outbox
+
+logger = logging.getLogger(__name__)
+
+#: How long publishing to the broker may retry inside the web request's commit hook.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
+#: Retries of one delivery before its rows are left to the redrive.
+MAX_RETRIES = 8
+#: Exponential backoff of retries without a ``Retry-After``: 2, 4, 8… seconds (full jitter).
+RETRY_BACKOFF = 2
+RETRY_BACKOFF_MAX = 600
+
+
+class PurgeNotFinished(Exception):
+    """Some purger still has keys to purge and may succeed later."""
+
+
+@shared_task(
+    bind=True,
+    name="django_tiercache.tasks.deliver_outbox",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=MAX_RETRIES,
+)
+def deliver_outbox(
+    self: Task[Any, Any],
+    row_ids: list[int],
+    using: str = "default",
+    backends: list[str] | None = None,
+    include_failed: bool = False,
+) -> None:
+    """Purge the keys of these outbox rows at every purger that has not purged them yet.
+
+    A purger that may succeed later is retried alone (``backends``): after the ``Retry-After``
+    the API asked for (429), else after an exponential backoff with full jitter (5xx, timeouts,
+    connection errors), at most ``MAX_RETRIES`` times; the rows then stay pending for a redrive.
+    A refusal (400/401/403) is not retried: the row is marked failed with the API's message.
+    """
+    outcome = outbox.deliver(row_ids, using, backends=backends, include_failed=include_failed)
+    unfinished = {name: r for name, r in outcome.items() if not r.ok and r.retryable}
+    if not unfinished:
+        return
+    waits = [r.retry_after for r in unfinished.values() if r.retry_after is not None]
+    countdown = (
+        max(waits)
+        if waits
+        else get_exponential_backoff_interval(
+            factor=RETRY_BACKOFF,
+            retries=self.request.retries,
+            maximum=RETRY_BACKOFF_MAX,
+            full_jitter=True,
+        )
+    )
+    error = PurgeNotFinished("; ".join(r.error for r in unfinished.values() if r.error))
+    # The rows may have been marked failed by another purger's refusal: include them, so the
+    # purgers worth retrying still get their keys.
+    kwargs = {"backends": sorted(unfinished), "include_failed": True}
+    raise self.retry(args=(row_ids, using), kwargs=kwargs, countdown=countdown, exc=error)
+
+
+@shared_task(name="django_tiercache.tasks.redrive_outbox", ignore_result=True)
+def redrive_outbox(
+    older_than: float = 60, using: str = "default", include_failed: bool = False
+) -> int:
+    """Enqueue again every pending outbox row older than ``older_than`` seconds.
+
+    Failed rows (refused for good, e.g. a revoked token) are left to an operator unless
+    ``include_failed``: resending them every minute would only repeat the refusal.
+    """
+    row_ids = outbox.stale_rows(older_than, using, include_failed=include_failed)
+    if row_ids:
+        deliver_outbox.apply_async(
+            (row_ids, using),
+            {"include_failed": include_failed},
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    return len(row_ids)
+
+
+def enqueue(row_ids: list[int], using: str) -> None:
+    """The ``PURGE_ASYNC`` dispatcher: one small task per committed batch of rows."""
+    deliver_outbox.apply_async((row_ids, using), retry=True, retry_policy=PUBLISH_RETRY_POLICY)

@@ -1,0 +1,422 @@
+"""The query tier: results in a Django cache (Redis), tagged with versioned keys.
+
+Every key has a version token in the cache. An entry records the tokens of its keys read *before*
+the database was queried; :meth:`QueryResults.invalidate` replaces the tokens on commit, so an
+entry computed from pre-commit data no longer matches and is a miss. A hit is one round trip:
+the entry and the current tokens of its keys read together (see :mod:`.transport`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from django.core.cache import BaseCache, caches
+from django.db import models
+
+from django_tiercache import collector, stats
+from django_tiercache.conf import MAX_TIMEOUT, tiercache_settings
+from django_tiercache.edge import outbox
+from django_tiercache.keys import (
+    normalize_keys,
+)
+from django_tiercache.query.transport import Entry, Transport, is_fresh, transport_for
+
+_M = TypeVar("_M", bound=models.Model)
+
+logger = logging.getLogger(__name__)
+
+#: Version tokens outlive every entry (entry TTLs are capped below this), so a token that expires
+#: can never make an old entry match again.
+VERSION_TIMEOUT = 2 * MAX_TIMEOUT
+#: Longest time a single-flight lock is held by a caller that died while computing.
+LOCK_TIMEOUT = 30
+
+
+class Lookup:
+    """The result of reading one entry and the current versions of its tags."""
+
+    __slots__ = ("current", "entry", "locked")
+
+    def __init__(
+        self, entry: Entry | None, current: tuple[int | None, ...], locked: bool = False
+    ) -> None:
+        self.entry = entry
+        self.current = current  # current token of each tag, None if it has none
+        self.locked = locked  # this caller took the single-flight lock
+
+    @property
+    def valid(self) -> bool:
+        return self.entry is not None and self.entry.versions == self.current
+
+    @property
+    def fresh(self) -> bool:
+        return is_fresh(self.entry, self.current)
+
+
+class _Outage:
+    """Fail-open bookkeeping: one warning per outage, one notice on recovery."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: Exception) -> None:
+        stats.incr("query_errors")
+        with self._lock:
+            first, self.down = not self.down, True
+        if first:
+            logger.warning(
+                "tiercache: query-tier cache unavailable (%s: %s); reading from the database "
+                "until it recovers",
+                type(exc).__name__,
+                exc,
+            )
+
+    def succeeded(self) -> bool:
+        """Note a working cache; True for the first success after an outage."""
+        if not self.down:
+            return False
+        with self._lock:
+            was_down, self.down = self.down, False
+        if was_down:
+            logger.warning("tiercache: query-tier cache recovered")
+        return was_down
+
+
+class _Recent:
+    """Keys this process invalidated in the last few seconds: their entries are likely misses,
+    so reading them also takes the single-flight lock (one round trip fewer). A hint only."""
+
+    def __init__(self, window: float = 5.0, size: int = 10_000) -> None:
+        self.window, self.size = window, size
+        self._seen: dict[str, float] = {}
+
+    def note(self, keys: Iterable[str]) -> None:
+        if len(self._seen) > self.size:
+            self._seen.clear()
+        now = time.monotonic()
+        for key in keys:
+            self._seen[key] = now
+
+    def any(self, keys: Iterable[str]) -> bool:
+        seen = self._seen
+        if not seen:
+            return False
+        horizon = time.monotonic() - self.window
+        return any(seen.get(key, 0.0) > horizon for key in keys)
+
+
+class CacheUnavailable(Exception):
+    """Raised inside the tier when the cache failed and ``FAIL_OPEN`` is on."""
+
+
+class QueryResults:
+    """Tagged results in the query-tier cache (``TIERCACHE["CACHE_ALIAS"]``).
+
+    ``get``/``set``/``delete``/``get_or_set`` take ``keys`` (surrogate keys) the entry depends on;
+    invalidating any of them makes the entry a miss. A cached ``None`` or empty list is a hit.
+    """
+
+    def __init__(self) -> None:
+        self.outage = _Outage()
+        self._transport: Transport | None = None
+        self._prefix_cache: tuple[str, tuple[str, str, str]] | None = None
+        self.recently_invalidated = _Recent()
+        tiercache_settings.on_reload(self._forget_transport)
+
+    # -- names --------------------------------------------------------------------------------
+
+    @property
+    def cache(self) -> BaseCache:
+        return caches[tiercache_settings.CACHE_ALIAS]
+
+    def entry_key(self, name: str) -> str:
+        return f"{self._prefixes()[0]}{name}"
+
+    def version_key(self, tag: str) -> str:
+        return f"{self._prefixes()[1]}{tag}"
+
+    def lock_key(self, name: str) -> str:
+        return f"{self._prefixes()[2]}{name}"
+
+    def _prefixes(self) -> tuple[str, str, str]:
+        """Entry, version and lock key prefixes (entries carry the schema version)."""
+        prefix = tiercache_settings.KEY_PREFIX
+        if self._prefix_cache is None or self._prefix_cache[0] != prefix:
+            from django_tiercache.query.schema import schema_version
+
+            self._prefix_cache = (
+                prefix,
+                (f"{prefix}:{schema_version()}:e:", f"{prefix}:v:", f"{prefix}:l:"),
+            )
+        return self._prefix_cache[1]
+
+    # -- cache access, failing open -------------------------------------------------------------
+
+    def _guard(self, operation: Callable[..., Any], *args: Any) -> Any:
+        try:
+            result = operation(*args)
+        except Exception as exc:
+            if not tiercache_settings.FAIL_OPEN:
+                raise
+            self.outage.failed(exc)
+            raise CacheUnavailable from exc
+        if self.outage.succeeded():
+            # Back after an outage: commits made meanwhile could not invalidate (the outbox kept
+            # their keys). Invalidate them before anything is served; this one call reads the
+            # database.
+            self._recover()
+            raise CacheUnavailable
+        return result
+
+    def _recover(self) -> None:
+        try:
+            outbox.retry_query_failures()
+        except Exception:
+            logger.exception("tiercache: re-invalidating the keys missed during the outage failed")
+
+    @property
+    def transport(self) -> Transport:
+        """How to reach the cache. A django-redis one serves every thread (each gets a Redis
+        connection of its own) until the settings change; any other wraps this thread's cache
+        object."""
+        transport = self._transport
+        if transport is not None and transport.shared:
+            return transport
+        cache = self.cache
+        if transport is None or transport.cache is not cache:
+            transport = self._transport = transport_for(cache)
+        return transport
+
+    def _forget_transport(self) -> None:
+        self._transport = None
+
+    def lookup(self, name: str, tags: Sequence[str], *, lock: bool = False) -> Lookup:
+        """Read the entry and the versions of ``tags``: one round trip for a hit.
+
+        With ``lock``, an entry that is not fresh and valid also takes the single-flight lock
+        (with django-redis in the same round trip, atomically with the read).
+        """
+        entry_prefix, version_prefix, lock_prefix = self._prefixes()
+        entry, current, locked = self._guard(
+            self.transport.read,
+            entry_prefix + name,
+            [version_prefix + tag for tag in tags],
+            lock_prefix + name if lock else None,
+            LOCK_TIMEOUT,
+        )
+        if entry is not None and not (isinstance(entry, Entry) and entry.tags == tuple(tags)):
+            if not isinstance(entry, tuple):  # garbage in the cache: a miss, and counted
+                stats.incr("query_errors")
+            entry = None
+        return Lookup(entry, tuple(current), locked)
+
+    def _store(
+        self, name: str, tags: Sequence[str], before: Lookup, value: Any, ttl: float, locked: bool
+    ) -> None:
+        """Store ``value`` with the versions read *before* computing it, releasing the lock.
+
+        A tag without a token gets one, but only if still absent: if an invalidation set one
+        meanwhile, the stored entry does not match it and is never served.
+        """
+        tokens = list(before.current)
+        created: dict[str, int] = {}
+        for index, (tag, token) in enumerate(zip(tags, tokens, strict=True)):
+            if token is None:
+                tokens[index] = created[self.version_key(tag)] = secrets.randbits(62)
+        versions = tuple(token for token in tokens if token is not None)
+        entry = Entry(tuple(tags), versions, time.time() + ttl, value)
+        stale = float(tiercache_settings.STALE_TIMEOUT)
+        self._guard(
+            lambda: self.transport.write(
+                self.entry_key(name),
+                entry,
+                ttl + stale,
+                created,
+                VERSION_TIMEOUT,
+                self.lock_key(name) if locked else None,
+            )
+        )
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None, keys: Iterable[str] = ()) -> Any:
+        """The value under ``key`` if none of its ``keys`` was invalidated since, else default."""
+        try:
+            found = self.lookup(key, sorted(normalize_keys(keys)))
+        except CacheUnavailable:
+            return default
+        return found.entry.value if found.fresh and found.entry else default
+
+    def set(
+        self, key: str, value: Any, timeout: float | None = None, keys: Iterable[str] = ()
+    ) -> None:
+        """Store ``value`` under ``key``, tagged with ``keys``.
+
+        The versions are read now: prefer :meth:`get_or_set`, which reads them before computing.
+        """
+        tags = sorted(normalize_keys(keys))
+        with contextlib.suppress(CacheUnavailable):
+            self._store(key, tags, self.lookup(key, tags), value, _ttl(timeout), locked=False)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(CacheUnavailable):
+            self._guard(lambda: self.cache.delete(self.entry_key(key)))
+
+    def get_or_set(
+        self,
+        key: str,
+        compute: Callable[[], Any],
+        timeout: float | None = None,
+        keys: Iterable[str] = (),
+    ) -> Any:
+        """The value under ``key``, or ``compute()`` stored under it (single-flight, SWR)."""
+        return self.fetch(key, sorted(normalize_keys(keys)), compute, timeout)
+
+    def fetch(
+        self,
+        name: str,
+        tags: Sequence[str],
+        compute: Callable[[], Any],
+        timeout: float | None = None,
+        *,
+        storable: Callable[[], bool] | None = None,
+        expect_miss: bool = False,
+    ) -> Any:
+        """Serve ``name`` or compute it once: the engine behind querysets and ``get_or_set``.
+
+        A fresh valid entry is a hit. A valid entry past its freshness but within
+        ``STALE_TIMEOUT`` is served stale while one caller (holding the lock) refreshes it. On a
+        miss one caller computes and the others wait up to ``SINGLE_FLIGHT_WAIT`` seconds for
+        its result. After computing, the entry is stored unless ``storable()`` says otherwise.
+        With the cache down, ``compute()`` is returned as is. ``expect_miss`` tries the lock in
+        the reading round trip (two round trips for a miss instead of three).
+        """
+        ttl = _ttl(timeout)  # a bad timeout raises here, before any lock is taken
+        scope = collector.current()
+        if scope is not None:
+            scope.keys.update(tags)
+        try:
+            found = self.lookup(name, tags, lock=expect_miss)
+        except CacheUnavailable:
+            return compute()
+        if found.fresh:
+            stats.incr("query_hits")
+            if scope is not None:
+                scope.hits += 1
+            return found.entry.value  # type: ignore[union-attr]
+        if scope is not None:
+            scope.misses += 1
+        locked = found.locked
+        if not expect_miss:
+            # Take the lock and look again in one round trip: whoever held it may have just
+            # stored a fresh entry, which then is served instead of being computed twice.
+            try:
+                found = self.lookup(name, tags, lock=True)
+            except CacheUnavailable:
+                return compute()
+            locked = found.locked
+            if found.fresh:
+                if locked:
+                    self._unlock(name)
+                stats.incr("query_hits")
+                return found.entry.value  # type: ignore[union-attr]
+        if not locked and found.valid:  # expired, within the stale window: serve it stale
+            stats.incr("query_stale")
+            return found.entry.value  # type: ignore[union-attr]
+        if not locked:
+            waited = self._wait_for(name, tags)
+            if waited is not None:
+                stats.incr("query_hits")
+                return waited.entry.value  # type: ignore[union-attr]
+            found = self._relookup(name, tags, found)
+        stats.incr("query_misses")
+        try:
+            value = compute()
+        except BaseException:
+            if locked:
+                self._unlock(name)
+            raise
+        try:
+            if storable is None or storable():
+                self._store(name, tags, found, value, ttl, locked)
+            elif locked:
+                self._unlock(name)
+        except CacheUnavailable:
+            pass
+        return value
+
+    def _unlock(self, name: str) -> None:
+        with contextlib.suppress(CacheUnavailable):
+            self._guard(self.transport.unlock, self.lock_key(name))
+
+    def _wait_for(self, name: str, tags: Sequence[str]) -> Lookup | None:
+        """Poll for the entry another caller is computing; None after the bounded wait."""
+        deadline = time.monotonic() + float(tiercache_settings.SINGLE_FLIGHT_WAIT)
+        pause = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            try:
+                found = self.lookup(name, tags)
+            except CacheUnavailable:
+                return None
+            if found.fresh:
+                return found
+        return None
+
+    def _relookup(self, name: str, tags: Sequence[str], previous: Lookup) -> Lookup:
+        """Fresh versions before computing after a wait (the earlier ones may be outdated)."""
+        try:
+            return self.lookup(name, tags)
+        except CacheUnavailable:
+            return previous
+
+    # -- invalidation ---------------------------------------------------------------------------
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        """Give each key a new version: every entry tagged with one of them becomes a miss.
+
+        Raises when the cache is unreachable: the caller (the commit hook) records the failure in
+        the outbox so that a redrive retries it.
+        """
+        keys = normalize_keys(keys)
+        if keys:
+            token = secrets.randbits(62)
+            self.transport.invalidate([self.version_key(k) for k in keys], token, VERSION_TIMEOUT)
+            self.recently_invalidated.note(keys)
+
+    def invalidate_all(self) -> None:
+        """Drop every entry and version token of the query tier (``KEY_PREFIX``).
+
+        With django-redis only this library's keys go (``delete_pattern``); any other cache
+        backend is cleared whole.
+        """
+        cache: Any = self.cache
+        if hasattr(cache, "delete_pattern"):
+            cache.delete_pattern(f"{tiercache_settings.KEY_PREFIX}:*")
+        else:
+            cache.clear()
+
+    def versions(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Current version token of each key (None when it has none yet)."""
+        tags = sorted(normalize_keys(keys))
+        found = self.cache.get_many([self.version_key(k) for k in tags])
+        return {k: found.get(self.version_key(k)) for k in tags}
+
+
+def _ttl(timeout: float | None) -> float:
+    value = tiercache_settings.TIMEOUT if timeout is None else timeout
+    if not (type(value) in (int, float) and 0 < value < MAX_TIMEOUT):
+        raise ValueError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT})")
+    return float(value)
+
+
+#: The process-wide service, like Warehouse's RedisQueryResults.
+query_results = QueryResults()
