@@ -5,11 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Port of `make demo` (make demo PORT=8123).
+PORT ?= 8000
 
 .PHONY: help venv test lint format demo demo-services docs bench clean
 
 help:
-	@echo "make demo   - install, migrate, seed and run the example shop at http://127.0.0.1:8000/"
+	@echo "make demo   - install, migrate, seed and run the example shop at http://127.0.0.1:8000/ (PORT=8123)"
 	@echo "make test   - run the whole test suite (SQLite + fakeredis unless TIERCACHE_TEST_* are set)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make docs   - build the Sphinx docs into docs/_build/html (warnings are errors)"
@@ -37,14 +39,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 demo: $(STAMP)
-	cd example_project && ../$(BIN)/python manage.py migrate --noinput
-	cd example_project && ../$(BIN)/python manage.py seed_shop
-	@echo ""
-	@echo "  Shop:   http://127.0.0.1:8000/"
-	@echo "  Admin:  http://127.0.0.1:8000/admin/  (user: admin, password: admin)"
-	@echo "  Try:    curl -sI http://127.0.0.1:8000/  (Cache-Control, Surrogate-Key headers)"
-	@echo ""
-	cd example_project && ../$(BIN)/python manage.py runserver 127.0.0.1:8000
+	cd example_project && ../$(BIN)/python demo.py --port $(PORT)
 
 demo-services: $(STAMP)
 	bash example_project/run_with_services.sh

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,8 @@ def _env(database: Path) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="shop_site.settings",
         SHOP_DATABASE_URL=f"sqlite:///{database}",  # an absolute path: sqlite:////tmp/...
         SHOP_DEBUG="0",
+        # Never the cache of a `make demo` running on this machine.
+        SHOP_DEMO_CACHE_FILE=str(database.parent / "no-demo-cache"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(EXAMPLE), env.get("PYTHONPATH")])),
     )
     return env
@@ -217,3 +222,51 @@ def test_admin_purge_action(shop: dict[str, Any]) -> None:
     product_pk = shop["after_save"]["product_pk"]
     assert f"shop.product:{product_pk}" in purge["rows"][0]["keys"]
     assert f"shop.category:{shop['coffee_pk']}" in purge["rows"][0]["keys"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_demo_shares_its_cache_with_manage_py_shell(tmp_path: Path) -> None:
+    """`make demo PORT=…` serves the shop, and an edit made in `manage.py shell` (another
+    process) shows on the next request: every process of the demo uses the demo's cache."""
+    env = _env(tmp_path / "db.sqlite3")
+    env["SHOP_DEMO_CACHE_FILE"] = str(tmp_path / "demo-cache")
+    port = _free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "demo.py", "--port", str(port)],
+        cwd=EXAMPLE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        page = f"http://127.0.0.1:{port}/products/1/"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                before = _get(page)
+                break
+            except OSError:
+                assert demo.poll() is None, demo.communicate()[0][-3000:]
+                assert time.monotonic() < deadline, "the demo did not answer"
+                time.sleep(0.3)
+        assert "$432.10" not in before
+        assert _get(page) == before  # served from the query tier now
+        edit = "p = __import__('shop.models').models.Product.objects.get(pk=1); p.price = '432.10'"
+        _run(["manage.py", "shell", "-c", f"{edit}; p.save()"], env)
+        assert "$432.10" in _get(page)
+    finally:
+        demo.terminate()
+        output = demo.communicate(timeout=30)[0]
+    assert demo.returncode in (0, 143), output[-3000:]
+    assert not (tmp_path / "demo-cache").exists()  # the demo cleans up after itself

@@ -1,9 +1,13 @@
 """Settings of the example shop.
 
 Embedded defaults, nothing to install or run: a SQLite file (``db.sqlite3``), the query tier in
-django-redis on fakeredis (an in-process Redis; fakeredis comes with the ``dev`` extra that
+django-redis on fakeredis (an in-memory Redis; fakeredis comes with the ``dev`` extra that
 ``make demo`` installs), Celery in eager mode (purges run inline after each commit) and the console
 purger, which prints the purges a CDN would receive.
+
+While ``make demo`` runs, its fakeredis is served over TCP and every process of the project uses it
+(``shop_site/demo_cache.py``): an edit made in ``manage.py shell`` shows on the shop's next request.
+Without a running demo, each process gets a fakeredis of its own, which no other process sees.
 
 Environment variables switch each piece to a real service (``run_with_services.sh`` sets them all):
 
@@ -11,7 +15,8 @@ Environment variables switch each piece to a real service (``run_with_services.s
     ``postgresql://USER:PASSWORD@HOST:PORT/NAME`` or ``sqlite:///db.sqlite3`` (relative to this
     project) / ``sqlite:////absolute/path.sqlite3``. Default: ``sqlite:///db.sqlite3``.
 ``SHOP_REDIS_URL``
-    e.g. ``redis://127.0.0.1:6379/12``: the query tier in a real Redis. Default: fakeredis.
+    e.g. ``redis://127.0.0.1:6379/12``: the query tier in a real Redis. Default: the running demo's
+    shared fakeredis, else an in-process one.
 ``SHOP_CELERY_BROKER_URL``
     e.g. ``amqp://guest:guest@127.0.0.1:5672//``: purges go through a broker to a Celery worker
     (queue ``SHOP_CELERY_QUEUE``, default ``tiercache-shop``). Default: eager, no broker.
@@ -26,6 +31,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+
+from shop_site import demo_cache
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -104,8 +111,9 @@ TEMPLATES = [
 DATABASES = {"default": database_from_url(_env("SHOP_DATABASE_URL", "sqlite:///db.sqlite3"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# The query tier: django-redis, on a real Redis or on fakeredis (in-process, one per process).
-REDIS_URL = _env("SHOP_REDIS_URL")
+# The query tier: django-redis on a real Redis, on the running demo's shared fakeredis, or on a
+# fakeredis of this process alone.
+REDIS_URL = _env("SHOP_REDIS_URL") or demo_cache.running_url()
 _redis_options: dict[str, object] = {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5}
 if not REDIS_URL:
     import fakeredis
