@@ -10,6 +10,14 @@ class TierCacheConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django_tiercache import checks, signals  # noqa: F401 -- checks register on import
+        """Compose the app: each tier registers with the core orchestrator, receivers connect.
 
+        The order of registration is the order of invalidation: the query tier, then the edge.
+        """
+        from django_tiercache import checks, signals  # noqa: F401 -- checks register on import
+        from django_tiercache.edge import outbox
+        from django_tiercache.query import service
+
+        service.connect()
+        outbox.connect()
         signals.connect()

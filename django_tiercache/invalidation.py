@@ -1,29 +1,85 @@
-"""Collect invalidated keys per transaction and act on them once it commits.
+"""The single orchestrator of "after commit": the query tier first, the edge second.
 
 Keys are gathered per database connection and savepoint: Django's ``on_commit`` drops the
 callbacks of a rolled-back savepoint or transaction, and the keys collected there vanish with
-them. When a transaction commits, the query tier is invalidated first (in this process, at once)
-and the edge tier second (the outbox rows written inside the transaction are dispatched). Outside a
-transaction both happen immediately.
+them. When a transaction commits, :func:`flush` invalidates every :class:`TierHandler` at once (the
+query tier, in this process), then hands the journal rows written inside the transaction to every
+:class:`JournalConsumer` (the edge tier's dispatcher). Outside a transaction both happen
+immediately. Manual purges (:mod:`django_tiercache.manual`), deliveries and recovery after an
+outage take the same steps: :func:`apply`, :func:`dispatch`, :func:`reapply`.
+
+This module never imports a tier: each tier registers its handler from ``AppConfig.ready()``.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.dispatch import Signal
 
-from django_tiercache.edge import outbox
+from django_tiercache import journal
 from django_tiercache.keys import normalize_keys
+from django_tiercache.models import PurgeRequest
 
 logger = logging.getLogger(__name__)
 
 #: Sent after commit, once per batch of invalidated keys: ``keys`` (a frozenset) and ``using``.
 keys_invalidated = Signal()
+
+
+@dataclass(frozen=True)
+class TierHandler:
+    """A tier invalidated at once, in this process, when a change commits (the query tier).
+
+    ``invalidate(keys)`` and ``invalidate_all()`` raise when the tier cannot be reached: the
+    failure is recorded on the journal row under ``name`` and applied again by :func:`reapply`.
+    """
+
+    name: str
+    invalidate: Callable[[set[str]], None]
+    invalidate_all: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class JournalConsumer:
+    """A tier that acts later on committed journal rows (the edge tier, through a dispatcher).
+
+    ``targets()`` names what it delivers to (the configured purgers): a journal row is written
+    only when some consumer has a target. ``dispatch(row_ids, using)`` never raises.
+    """
+
+    name: str
+    targets: Callable[[], Sequence[str]]
+    dispatch: Callable[[list[int], str], None]
+
+
+_tiers: dict[str, TierHandler] = {}
+_consumers: dict[str, JournalConsumer] = {}
+
+
+def register_tier(handler: TierHandler) -> None:
+    """Invalidate ``handler`` on every commit, after the tiers registered before it."""
+    _tiers[handler.name] = handler
+
+
+def register_consumer(consumer: JournalConsumer) -> None:
+    """Hand committed journal rows to ``consumer``, after every :class:`TierHandler`."""
+    _consumers[consumer.name] = consumer
+
+
+def tier_names() -> list[str]:
+    """Names of the tiers invalidated at once, in order (their entries in ``results``)."""
+    return list(_tiers)
+
+
+def targets() -> list[str]:
+    """Everything the journal consumers deliver to (e.g. the purger names)."""
+    return [target for consumer in _consumers.values() for target in consumer.targets()]
 
 
 class _Batch:
@@ -74,7 +130,7 @@ def collect(keys: Iterable[str], using: str | None = None) -> None:
     connection = transaction.get_connection(using)
     alias = connection.alias
     if not connection.in_atomic_block:
-        flush(new_keys, outbox.write(new_keys, using=alias), alias)
+        flush(new_keys, _journal(new_keys, alias), alias)
         return
 
     batches = _batches.setdefault(connection, weakref.WeakValueDictionary())
@@ -93,7 +149,7 @@ def collect(keys: Iterable[str], using: str | None = None) -> None:
         _live.add(batch)
         transaction.on_commit(batch, using=alias)
     batch.keys |= new_keys
-    batch.row_ids.extend(outbox.write(new_keys, using=alias))
+    batch.row_ids.extend(_journal(new_keys, alias))
 
 
 def has_pending_keys() -> bool:
@@ -118,29 +174,97 @@ def invalidate(*keys: str, using: str | None = None) -> None:
     collect(keys, using)
 
 
+def _journal(keys: set[str], using: str) -> list[int]:
+    """A journal row for ``keys`` when a consumer will read it; its id."""
+    return [journal.write(keys, using).pk] if targets() else []
+
+
+def apply(keys: set[str], *, purge_all: bool = False) -> dict[str, Exception]:
+    """Invalidate ``keys`` (or everything) in every tier handler now; the failures by tier."""
+    failures: dict[str, Exception] = {}
+    for tier in _tiers.values():
+        try:
+            if purge_all:
+                tier.invalidate_all()
+            else:
+                tier.invalidate(keys)
+        except Exception as exc:
+            logger.exception(
+                "tiercache: %s-tier invalidation of %d key(s) failed", tier.name, len(keys)
+            )
+            failures[tier.name] = exc
+    return failures
+
+
+def record(failures: dict[str, Exception], row_ids: Sequence[int], using: str) -> None:
+    """Record each tier's failure on the journal rows; never raises (the failure is logged)."""
+    for name, exc in failures.items():
+        try:
+            journal.record_failure(name, row_ids, using, exc)
+        except Exception:
+            logger.exception("tiercache: could not record the %s-tier failure in the journal", name)
+
+
+def dispatch(row_ids: Sequence[int], using: str) -> None:
+    """Hand committed journal rows to every consumer (the edge purges them)."""
+    for consumer in _consumers.values():
+        consumer.dispatch(list(row_ids), using)
+
+
 def _write_quietly(keys: set[str], using: str) -> list[int]:
     try:
-        return outbox.write(keys, using, force=True)
+        return [journal.write(keys, using).pk]
     except Exception:
-        logger.exception("tiercache: could not write the outbox row for a failed invalidation")
+        logger.exception("tiercache: could not write the journal row for a failed invalidation")
         return []
 
 
 def flush(keys: set[str], row_ids: list[int], using: str) -> None:
-    """Invalidate committed ``keys``: query tier first, then hand the outbox rows to the edge.
+    """Invalidate committed ``keys``: every tier handler first, then the consumers get the rows.
 
-    Never raises: a failure is logged and leaves the outbox rows pending for a redrive.
+    Never raises: a failure is logged and recorded on the journal rows for :func:`reapply`.
     """
-    from django_tiercache.query import query_results
-
-    try:
-        query_results.invalidate(keys)
-    except Exception as exc:
-        logger.exception("tiercache: query-tier invalidation of %d key(s) failed", len(keys))
-        # Without a purger there is no row yet: write one, so a redrive re-invalidates these
+    failures = apply(keys)
+    if failures:
+        # Without a consumer there is no row yet: write one, so a recovery re-invalidates these
         # keys once the cache is back instead of serving entries computed before the commit.
         row_ids = row_ids or _write_quietly(keys, using)
-        outbox.record_query_failure(row_ids, using, exc)
+        record(failures, row_ids, using)
     if row_ids:
-        outbox.dispatch(row_ids, using)
+        dispatch(row_ids, using)
     keys_invalidated.send(sender=None, keys=frozenset(keys), using=using)
+
+
+def reapply(rows: Sequence[PurgeRequest]) -> None:
+    """Invalidate again, in each tier, the keys of the rows whose invalidation failed there.
+
+    Updates ``results`` in memory; the caller saves the rows.
+    """
+    for name, tier in _tiers.items():
+        todo = journal.failed_at(name, rows)
+        if not todo:
+            continue
+        try:
+            if any(row.purge_all for row in todo):
+                tier.invalidate_all()
+            else:
+                tier.invalidate({key for row in todo for key in row.keys})
+            result = journal.outcome()
+        except Exception as exc:
+            result = journal.outcome(exc)
+        for row in todo:
+            row.results[name] = result
+
+
+def recover(using: str = "default") -> int:
+    """Reapply every unfinished journal row that a tier missed; the number of rows.
+
+    A tier calls this when its cache comes back after an outage.
+    """
+    if not _tiers:
+        return 0
+    rows = list(journal.unfinished(using, failed_at_tiers=_tiers))
+    if rows:
+        reapply(rows)
+        PurgeRequest.objects.using(using).bulk_update(rows, ["results"])
+    return len(rows)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from django_tiercache import invalidate
+from django_tiercache import invalidate, invalidation
 from django_tiercache.edge.outbox import redrive
 from django_tiercache.edge.purgers.locmem import purged_keys
 from django_tiercache.invalidation import keys_invalidated
@@ -246,6 +246,75 @@ def test_query_tier_first_then_edge(pen: Product, purgers: list[Any], monkeypatc
     )
     pen.save()
     assert order == ["query", "edge"]
+
+
+class ExtraTier:
+    """A third tier registered with the orchestrator after the query tier."""
+
+    def __init__(self) -> None:
+        self.calls: list[set[str]] = []
+        self.order: list[str] = []
+        self.down = False
+
+    def invalidate(self, keys: set[str]) -> None:
+        self.calls.append(set(keys))
+        self.order.append("extra")
+        if self.down:
+            raise ConnectionError("extra tier down")
+
+
+@pytest.fixture
+def extra_tier(monkeypatch: Any) -> ExtraTier:
+    tier = ExtraTier()
+    monkeypatch.setattr(invalidation, "_tiers", dict(invalidation._tiers))
+    invalidation.register_tier(
+        invalidation.TierHandler(
+            name="extra", invalidate=tier.invalidate, invalidate_all=lambda: None
+        )
+    )
+    return tier
+
+
+def test_tiers_are_called_through_their_handlers_in_order(
+    pen: Product, purgers: list[Any], extra_tier: ExtraTier, monkeypatch: Any
+) -> None:
+    from django_tiercache.edge.purgers.locmem import LocMemPurger
+
+    order = extra_tier.order
+    real_invalidate = query_results.invalidate
+    monkeypatch.setattr(
+        query_results, "invalidate", lambda keys: (order.append("query"), real_invalidate(keys))
+    )
+    real_send = LocMemPurger.send_batch
+    monkeypatch.setattr(
+        LocMemPurger,
+        "send_batch",
+        lambda self, keys, soft: (order.append("edge"), real_send(self, keys, soft=soft))[1],
+    )
+    pen.save()
+    assert order == ["query", "extra", "edge"]
+    assert extra_tier.calls == [
+        {f"testapp.product:{pen.pk}", "testapp.product", f"testapp.category:{pen.category_id}"}
+    ]
+
+
+def test_a_tier_failure_is_journaled_under_its_name_and_reapplied(
+    pen: Product, purgers: list[Any], extra_tier: ExtraTier
+) -> None:
+    extra_tier.down = True
+    pen.save()  # no exception reaches the caller
+    row = PurgeRequest.objects.get()
+    assert row.results["extra"]["ok"] is False
+    assert "extra tier down" in row.results["extra"]["error"]
+    assert row.status == PurgeRequest.Status.PENDING
+    extra_tier.down = False
+    extra_tier.calls.clear()
+    assert invalidation.recover() == 1
+    assert extra_tier.calls == [set(row.keys)]
+    redrive(older_than=0)
+    row.refresh_from_db()
+    assert row.results["extra"]["ok"] is True
+    assert row.status == PurgeRequest.Status.DONE
 
 
 def test_outbox_row_commits_with_the_data(pen: Product, purgers: list[Any]) -> None:

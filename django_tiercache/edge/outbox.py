@@ -1,15 +1,17 @@
-"""The durable purge outbox: write ``PurgeRequest`` rows, dispatch them, deliver them to purgers.
+"""The edge tier's side of the journal: dispatch committed ``PurgeRequest`` rows, deliver them.
 
-Rows are written inside the transaction that changed the data, so a purge exists exactly when the
-change does. After commit the row ids are dispatched (Celery, or inline with ``PURGE_ASYNC =
-False``, or a custom ``DISPATCHER``); :func:`deliver` sends the keys to every purger that has not
-succeeded yet and records each purger's result on the row.
+Rows are written by :mod:`django_tiercache.journal` inside the transaction that changed the data,
+so a purge exists exactly when the change does. After commit the orchestrator
+(:mod:`django_tiercache.invalidation`) hands the row ids to :func:`dispatch`, the edge tier's
+:class:`~django_tiercache.invalidation.JournalConsumer`; they are dispatched (Celery, or inline
+with ``PURGE_ASYNC = False``, or a custom ``DISPATCHER``); :func:`deliver` sends the keys to every
+purger that has not succeeded yet and records each purger's result on the row.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -17,38 +19,24 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from django_tiercache import invalidation, journal
 from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import events
 from django_tiercache.edge.purgers import BasePurger, PurgeResult, get_purgers
 from django_tiercache.models import PurgeRequest
-from django_tiercache.redact import redact
 
 logger = logging.getLogger(__name__)
-
-QUERY_TIER = "query"
 
 Dispatcher = Callable[[list[int], str], None]
 
 
-def write(keys: Iterable[str], using: str, *, force: bool = False) -> list[int]:
-    """Write a pending row for ``keys`` when a purger is configured (or ``force``); its id."""
-    if not (force or tiercache_settings.PURGERS):
-        return []
-    row = PurgeRequest.objects.using(using).create(keys=sorted(keys))
-    return [row.pk]
-
-
-def record_query_failure(row_ids: list[int], using: str, exc: BaseException) -> None:
-    """Remember that the query tier missed these keys, so the next delivery retries it."""
-    result = PurgeResult(ok=False, error=_describe(exc)).as_json()
-    try:
-        rows = PurgeRequest.objects.using(using).filter(pk__in=row_ids)
-        for row in rows:
-            row.results[QUERY_TIER] = result
-            row.last_error = result["error"]
-            row.save(update_fields=["results", "last_error", "updated"])
-    except Exception:
-        logger.exception("tiercache: could not record the query-tier failure on the outbox")
+def connect() -> None:
+    """Register the edge tier with the orchestrator: committed rows come to :func:`dispatch`."""
+    invalidation.register_consumer(
+        invalidation.JournalConsumer(
+            name="edge", targets=lambda: list(tiercache_settings.PURGERS), dispatch=dispatch
+        )
+    )
 
 
 def _default_dispatcher() -> Dispatcher:
@@ -80,50 +68,12 @@ def deliver_quietly(row_ids: list[int], using: str) -> None:
         logger.exception("tiercache: delivering purge request(s) %s failed", row_ids)
 
 
-def _describe(exc: BaseException) -> str:
-    return redact(f"{type(exc).__name__}: {exc}")
-
-
 def _call(purger: BasePurger, keys: set[str], purge_all: bool) -> PurgeResult:
     try:
         return purger.purge_all() if purge_all else purger.purge_keys(keys)
     except Exception as exc:
-        logger.warning("tiercache: purger %r raised %s", purger.name, _describe(exc))
-        return PurgeResult(ok=False, error=_describe(exc))
-
-
-def retry_query_tier(rows: Sequence[PurgeRequest]) -> None:
-    """Invalidate again, in the query tier, the keys of rows whose invalidation failed there."""
-    from django_tiercache.query import query_results
-
-    todo = [row for row in rows if row.results.get(QUERY_TIER, {}).get("ok") is False]
-    if not todo:
-        return
-    try:
-        if any(row.purge_all for row in todo):
-            query_results.invalidate_all()
-        else:
-            query_results.invalidate({key for row in todo for key in row.keys})
-        result = PurgeResult(ok=True)
-    except Exception as exc:
-        result = PurgeResult(ok=False, error=_describe(exc))
-    for row in todo:
-        row.results[QUERY_TIER] = result.as_json()
-
-
-def retry_query_failures(using: str = "default") -> int:
-    """Invalidate again the keys of every unfinished row whose query-tier invalidation failed;
-    the number of rows retried. Runs when the query-tier cache comes back after an outage."""
-    rows = list(
-        PurgeRequest.objects.using(using).filter(
-            status__in=(PurgeRequest.Status.PENDING, PurgeRequest.Status.FAILED),
-            results__query__ok=False,
-        )
-    )
-    if rows:
-        retry_query_tier(rows)
-        PurgeRequest.objects.using(using).bulk_update(rows, ["results"])
-    return len(rows)
+        logger.warning("tiercache: purger %r raised %s", purger.name, journal.describe(exc))
+        return PurgeResult(ok=False, error=journal.describe(exc))
 
 
 def _status(row: PurgeRequest, names: Iterable[str]) -> tuple[str, str]:
@@ -161,7 +111,7 @@ def deliver(
         wanted = set(backends)
         purgers = {name: purger for name, purger in purgers.items() if name in wanted}
 
-    retry_query_tier(rows)
+    invalidation.reapply(rows)  # a tier that missed these keys goes first
     outcome: dict[str, PurgeResult] = {}
     for name, purger in purgers.items():
         todo = [row for row in rows if not row.results.get(name, {}).get("ok")]
@@ -176,7 +126,7 @@ def deliver(
     now = timezone.now()
     for row in rows:
         row.attempts += 1
-        names = [*get_purgers(), *([QUERY_TIER] if QUERY_TIER in row.results else [])]
+        names = [*get_purgers(), *(n for n in invalidation.tier_names() if n in row.results)]
         row.status, row.last_error = _status(row, names)
         row.updated = now
     PurgeRequest.objects.using(using).bulk_update(

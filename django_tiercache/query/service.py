@@ -19,12 +19,9 @@ from typing import Any, TypeVar
 from django.core.cache import BaseCache, caches
 from django.db import models
 
-from django_tiercache import collector, stats
+from django_tiercache import collector, invalidation, stats
 from django_tiercache.conf import MAX_TIMEOUT, tiercache_settings
-from django_tiercache.edge import outbox
-from django_tiercache.keys import (
-    normalize_keys,
-)
+from django_tiercache.keys import normalize_keys
 from django_tiercache.query.transport import Entry, Transport, is_fresh, transport_for
 
 _M = TypeVar("_M", bound=models.Model)
@@ -168,7 +165,7 @@ class QueryResults:
             self.outage.failed(exc)
             raise CacheUnavailable from exc
         if self.outage.succeeded():
-            # Back after an outage: commits made meanwhile could not invalidate (the outbox kept
+            # Back after an outage: commits made meanwhile could not invalidate (the journal kept
             # their keys). Invalidate them before anything is served; this one call reads the
             # database.
             self._recover()
@@ -177,7 +174,7 @@ class QueryResults:
 
     def _recover(self) -> None:
         try:
-            outbox.retry_query_failures()
+            invalidation.recover()
         except Exception:
             logger.exception("tiercache: re-invalidating the keys missed during the outage failed")
 
@@ -420,3 +417,15 @@ def _ttl(timeout: float | None) -> float:
 
 #: The process-wide service, like Warehouse's RedisQueryResults.
 query_results = QueryResults()
+
+
+def connect() -> None:
+    """Register the query tier with the orchestrator: invalidated first on every commit."""
+    invalidation.register_tier(
+        invalidation.TierHandler(
+            name="query",
+            # Looked up on each call, so a replaced or patched method is the one called.
+            invalidate=lambda keys: query_results.invalidate(keys),
+            invalidate_all=lambda: query_results.invalidate_all(),
+        )
+    )

@@ -19,7 +19,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, models
 
-from django_tiercache import manual
+from django_tiercache import invalidation, manual
 from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import outbox
 from django_tiercache.edge.purgers import BasePurger, get_purgers
@@ -286,14 +286,16 @@ class Command(BaseCommand):
         """One line per tier, then the requests' status; exit status 1 when a tier failed."""
         purge_all = any(row.purge_all for row in rows)
         failures: list[str] = []
-        query = [row.results.get(outbox.QUERY_TIER) or {"ok": True} for row in rows]
-        if any(outcome.get("ok") is False for outcome in query) or len(rows) == 1:
-            ok_text = (
-                "ok, every entry dropped"
-                if purge_all
-                else f"ok, versions of {len({k for row in rows for k in row.keys})} key(s) bumped"
-            )
-            failures += self.tier_line(outbox.QUERY_TIER, query, ok_text)
+        for tier in invalidation.tier_names():  # the query tier
+            outcomes = [row.results.get(tier) or {"ok": True} for row in rows]
+            if any(outcome.get("ok") is False for outcome in outcomes) or len(rows) == 1:
+                keys = len({k for row in rows for k in row.keys})
+                ok_text = (
+                    "ok, every entry dropped"
+                    if purge_all
+                    else f"ok, versions of {keys} key(s) bumped"
+                )
+                failures += self.tier_line(tier, outcomes, ok_text)
         if not purgers:
             self.stdout.write("No edge purger configured: only the query tier was purged.")
         for name in purgers:

@@ -1,0 +1,75 @@
+"""The durable journal of invalidations: ``PurgeRequest`` rows that every tier reads.
+
+A row is written inside the transaction that changed the data (so it exists exactly when the
+change does), or by an operator's purge. Each tier records its outcome on the row under its own
+name in ``results``: the query tier only when its invalidation failed (so it can be applied again
+once the cache is back), the edge tier one entry per purger. A row is finished when no tier has
+anything left to do; see :mod:`django_tiercache.invalidation` for who writes and who reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import models
+
+from django_tiercache.models import PurgeRequest
+from django_tiercache.redact import redact
+
+__all__ = ["SKIPPED", "describe", "failed_at", "outcome", "record_failure", "unfinished", "write"]
+
+#: Marks, in ``PurgeRequest.results``, a target left out on purpose (``--backend``).
+SKIPPED = "skipped"
+
+UNFINISHED = (PurgeRequest.Status.PENDING, PurgeRequest.Status.FAILED)
+
+
+def write(
+    keys: Iterable[str],
+    using: str,
+    *,
+    purge_all: bool = False,
+    results: dict[str, Any] | None = None,
+    done: bool = False,
+) -> PurgeRequest:
+    """Write a row for ``keys`` (``done`` when no tier will ever read it)."""
+    return PurgeRequest.objects.using(using).create(
+        keys=sorted(keys),
+        purge_all=purge_all,
+        results=results or {},
+        status=PurgeRequest.Status.DONE if done else PurgeRequest.Status.PENDING,
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as stored on a row and logged: its type and message, secrets redacted."""
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
+def outcome(exc: BaseException | None = None) -> dict[str, Any]:
+    """A tier's entry in ``results``: ok, or the redacted error that stopped it."""
+    return {"ok": exc is None, "error": "" if exc is None else describe(exc)}
+
+
+def record_failure(name: str, row_ids: Sequence[int], using: str, exc: BaseException) -> None:
+    """Remember on the rows that tier ``name`` missed their keys, so it applies them again."""
+    result = outcome(exc)
+    for row in PurgeRequest.objects.using(using).filter(pk__in=list(row_ids)):
+        row.results[name] = result
+        row.last_error = result["error"]
+        row.save(update_fields=["results", "last_error", "updated"])
+
+
+def failed_at(name: str, rows: Iterable[PurgeRequest]) -> list[PurgeRequest]:
+    """The rows whose invalidation failed in tier ``name``."""
+    return [row for row in rows if row.results.get(name, {}).get("ok") is False]
+
+
+def unfinished(using: str, failed_at_tiers: Iterable[str] = ()) -> models.QuerySet[PurgeRequest]:
+    """Pending and failed rows; with ``failed_at_tiers``, only those a tier of them missed."""
+    rows = PurgeRequest.objects.using(using).filter(status__in=UNFINISHED)
+    missed = models.Q()
+    for name in failed_at_tiers:
+        missed |= models.Q(**{f"results__{name}__ok": False})
+    return rows.filter(missed) if missed else rows
