@@ -8,13 +8,14 @@ PYTEST_ARGS ?=
 # Port of `make demo` (make demo PORT=8123).
 PORT ?= 8000
 
-.PHONY: help venv test lint format demo demo-services docs bench clean
+.PHONY: help venv test lint format demo demo-services docs bench django-suite clean
 
 help:
 	@echo "make demo   - install, migrate, seed and run the example shop at http://127.0.0.1:8000/ (PORT=8123)"
 	@echo "make test   - run the whole test suite (SQLite + fakeredis unless TIERCACHE_TEST_* are set)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make docs   - build the Sphinx docs into docs/_build/html (warnings are errors)"
+	@echo "make django-suite - Django's own ORM tests with every queryset cached (djangosuite/)"
 	@echo "make bench  - every benchmark, against cacheops and cachalot; tables to docs/benchmarks-latest.md"
 	@echo "make demo-services - the shop on PostgreSQL, Redis, RabbitMQ, Celery and Varnish :6081"
 
@@ -28,6 +29,12 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Django's ORM test modules (sdist of the installed Django, cached in the venv) in every mode.
+# DJANGO_SUITE_ARGS: e.g. "--mode persistent --module queries --strict".
+DJANGO_SUITE_ARGS ?=
+django-suite: $(STAMP)
+	$(BIN)/python -m djangosuite $(DJANGO_SUITE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
