@@ -97,7 +97,11 @@ class _StatePickler(pickle.Pickler):
         cls = type(obj)
         if isinstance(obj, models.Model):  # SQL uses its primary key, not its changing state
             return _model_reference, (obj._meta.label, obj.pk)
-        if isinstance(obj, type | Field) or not hasattr(obj, "__dict__"):
+        if isinstance(obj, type):  # by name: a class made in a function has no importable path
+            if issubclass(obj, models.Model):
+                return _class_reference, ("model", obj._meta.label)
+            return _class_reference, (obj.__module__, obj.__qualname__)
+        if isinstance(obj, Field) or not hasattr(obj, "__dict__"):
             return NotImplemented
         names = memoised_names(cls)
         if not names and not isinstance(obj, Query):
@@ -110,6 +114,11 @@ class _StatePickler(pickle.Pickler):
 
 def _model_reference(label: str, pk: Any) -> None:
     """Stands for a model instance in a fingerprint (never called: fingerprints are not loaded)."""
+
+
+def _class_reference(namespace: str, name: str) -> None:
+    """Stands for a class in a fingerprint: a model by its label, any other class by its module
+    and qualified name (never called)."""
 
 
 def fingerprint(query: Query, *shape: Any) -> str:
@@ -333,11 +342,16 @@ def plan(query: Query, prefetch: Iterable[Any], extra_tags: Iterable[str], name:
     if pks is not None and query.model is not None:
         tags = {object_key(query.model, pk) for pk in pks}
     tags = tags | set(extra_tags)
+    reason = f"reads untracked table(s) {', '.join(untracked)}" if untracked else ""
+    if query.model is not None and query.model._meta.apps is not apps:
+        # A migration's historical model (or one of isolate_apps): cached rows would come back
+        # as instances of the installed model.
+        reason = "its model is not the installed one"
     return Plan(
         name=name,
         tags=tuple(sorted(tags)),
         tables=frozenset(tables),
-        cacheable=not untracked,
-        reason=f"reads untracked table(s) {', '.join(untracked)}" if untracked else "",
+        cacheable=not reason,
+        reason=reason,
         depends_on=frozenset(tags | table_tags),
     )
