@@ -98,8 +98,9 @@ class _StatePickler(pickle.Pickler):
         if isinstance(obj, models.Model):  # SQL uses its primary key, not its changing state
             return _model_reference, (obj._meta.label, obj.pk)
         if isinstance(obj, type):  # by name: a class made in a function has no importable path
-            if issubclass(obj, models.Model):
-                return _class_reference, ("model", obj._meta.label)
+            if issubclass(obj, models.Model):  # one of another registry is never cached
+                installed = obj._meta.apps is apps
+                return _class_reference, ("model", obj._meta.label, installed or id(obj))
             return _class_reference, (obj.__module__, obj.__qualname__)
         if isinstance(obj, Field) or not hasattr(obj, "__dict__"):
             return NotImplemented
@@ -116,7 +117,7 @@ def _model_reference(label: str, pk: Any) -> None:
     """Stands for a model instance in a fingerprint (never called: fingerprints are not loaded)."""
 
 
-def _class_reference(namespace: str, name: str) -> None:
+def _class_reference(namespace: str, name: str, *instance: Any) -> None:
     """Stands for a class in a fingerprint: a model by its label, any other class by its module
     and qualified name (never called)."""
 
