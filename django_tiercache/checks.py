@@ -2,10 +2,13 @@
 
 Errors: E001 unknown setting key, E002 wrong type or value, E003 unknown ``CACHE_ALIAS``, E004
 purger ``BACKEND`` not importable or not a purger, E005 purger option missing or invalid, E006
-``TIMEOUT`` not a finite positive number, E007 ``DISPATCHER`` not importable.
+``TIMEOUT`` not a finite positive number, E007 ``DISPATCHER`` not importable, E008 a purger
+secret (``API_TOKEN``, ``TOKEN``) that cannot be a token (empty, not a string, a space, quote or
+control character inside).
 Warnings: W001 query-tier cache not Redis-backed with ``DEBUG`` off, W002 ``PURGE_ASYNC`` with
 purgers but no Celery broker configured, W003 the query-tier cache hides its errors
-(``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first middleware.
+(``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first middleware, W005 a purger
+secret with whitespace around it (stripped before use). No message ever shows a secret.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from django.utils.module_loading import import_string
 
 from django_tiercache.conf import DEFAULTS, MAX_TIMEOUT, SETTING_NAME, tiercache_settings
 from django_tiercache.edge.purgers import PurgerConfigError, build_purger
+from django_tiercache.edge.purgers.base import PurgerSecretError
 
 KNOWN_KEY_HEADERS = frozenset({"surrogate-key", "cache-tag", "xkey"})
 
@@ -186,6 +190,8 @@ def check_purgers(**kwargs: Any) -> list[CheckMessage]:
     for name, config in purgers.items():
         try:
             build_purger(name, config)
+        except PurgerSecretError:
+            continue  # check_purger_secrets says what is wrong
         except PurgerConfigError as exc:
             message = str(exc)
             backend_problem = "BACKEND" in message or "not a BasePurger" in message
@@ -210,6 +216,46 @@ def check_purgers(**kwargs: Any) -> list[CheckMessage]:
                 id="tiercache.W002",
             )
         )
+    return messages
+
+
+@register(Tags.security)
+def check_purger_secrets(**kwargs: Any) -> list[CheckMessage]:
+    """E008: a secret that cannot be sent as a token; W005: whitespace around one (stripped)."""
+    from django_tiercache.edge.purgers.http_api import secret_problem
+    from django_tiercache.redact import SECRET_OPTIONS
+
+    purgers = tiercache_settings.PURGERS
+    if not isinstance(purgers, dict):
+        return []
+    messages: list[CheckMessage] = []
+    for name, config in purgers.items():
+        for option in SECRET_OPTIONS if isinstance(config, dict) else ():
+            if config.get(option) in (None, ""):
+                continue  # unset: E005 when the purger requires it
+            value, where = config[option], f"{SETTING_NAME}['PURGERS'][{name!r}][{option!r}]"
+            problem = secret_problem(value)
+            if problem:
+                messages.append(
+                    Error(
+                        f"{where} {problem}.",
+                        hint="Paste the token alone, without quotes; read it with "
+                        "os.environ[...].strip() if its source adds a newline.",
+                        obj=name,
+                        id="tiercache.E008",
+                    )
+                )
+            elif value != value.strip():
+                messages.append(
+                    CheckWarning(
+                        f"{where} has whitespace around it (a newline from a secrets file?); it "
+                        "is stripped before use.",
+                        hint="Strip it where it is read, e.g. os.environ['FASTLY_PURGE_TOKEN']"
+                        ".strip().",
+                        obj=name,
+                        id="tiercache.W005",
+                    )
+                )
     return messages
 
 

@@ -13,7 +13,6 @@ This module never imports a tier: each tier registers its handler from ``AppConf
 
 from __future__ import annotations
 
-import logging
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ from django.dispatch import Signal
 from django_tiercache import journal
 from django_tiercache.keys import normalize_keys
 from django_tiercache.models import PurgeRequest
+from django_tiercache.redact import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Sent after commit, once per batch of invalidated keys: ``keys`` (a frozenset) and ``using``.
 keys_invalidated = Signal()

@@ -16,7 +16,6 @@ Receivers run in the delivering process (a Celery worker, or the web process wit
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from django.dispatch import Signal
@@ -24,8 +23,9 @@ from django.dispatch import Signal
 from django_tiercache import stats
 from django_tiercache.edge.purgers import BasePurger, PurgeResult
 from django_tiercache.models import PurgeRequest
+from django_tiercache.redact import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: A purger completed a purge.
 purge_completed = Signal()

@@ -10,7 +10,6 @@ purger that has not succeeded yet and records each purger's result on the row.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -24,8 +23,9 @@ from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import events
 from django_tiercache.edge.purgers import BasePurger, PurgeResult, get_purgers
 from django_tiercache.models import PurgeRequest
+from django_tiercache.redact import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 Dispatcher = Callable[[list[int], str], None]
 

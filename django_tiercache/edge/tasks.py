@@ -13,15 +13,15 @@ Beat schedule for the redrive (documented in docs/purgers.rst)::
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Task, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 
 from django_tiercache.edge import outbox
+from django_tiercache.redact import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: How long publishing to the broker may retry inside the web request's commit hook.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}

@@ -13,6 +13,10 @@ class PurgerConfigError(ImproperlyConfigured):
     """A purger in ``TIERCACHE["PURGERS"]`` is misconfigured; the message names the purger."""
 
 
+class PurgerSecretError(PurgerConfigError):
+    """A purger's secret (token) cannot be sent as it is; the message never shows the secret."""
+
+
 @dataclass(frozen=True)
 class PurgeResult:
     """What one purger did with one purge.

@@ -89,7 +89,7 @@ class CloudflarePurger(HttpPurger):
         return PurgeResult.merge(results)
 
     def _post(self, body: dict[str, Any], keys: tuple[str, ...] = ()) -> PurgeResult:
-        headers = {"Authorization": f"Bearer {self.options['API_TOKEN']}"}
+        headers = {"Authorization": f"Bearer {self.secret('API_TOKEN')}"}
         return self.request("POST", self.purge_url, keys, headers=headers, json=body)
 
     def success(self, response: requests.Response, keys: tuple[str, ...]) -> PurgeResult:

@@ -62,7 +62,7 @@ class FastlyPurger(HttpPurger):
         return bool(self.options.get("SOFT_PURGE", True))
 
     def _headers(self, *, soft: bool = False) -> dict[str, str]:
-        headers = {"Fastly-Key": str(self.options["API_TOKEN"]), "Accept": "application/json"}
+        headers = {"Fastly-Key": self.secret("API_TOKEN"), "Accept": "application/json"}
         if soft:
             headers["Fastly-Soft-Purge"] = "1"
         if self.environment:

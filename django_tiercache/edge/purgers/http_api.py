@@ -27,8 +27,13 @@ from urllib.parse import urlsplit
 import requests
 
 from django_tiercache import __version__
-from django_tiercache.edge.purgers.base import BasePurger, PurgerConfigError, PurgeResult
-from django_tiercache.redact import MASK, redact
+from django_tiercache.edge.purgers.base import (
+    BasePurger,
+    PurgerConfigError,
+    PurgeResult,
+    PurgerSecretError,
+)
+from django_tiercache.redact import redact
 
 #: Default seconds to wait for a TCP connection (``CONNECT_TIMEOUT``).
 DEFAULT_CONNECT_TIMEOUT = 3.05
@@ -70,6 +75,28 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     return min(max(wait, 0.0), MAX_RETRY_AFTER)
 
 
+def secret_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a token sent in an HTTP header, or None when it can.
+
+    Whitespace around it is allowed (it is stripped); inside, only visible ASCII other than quotes.
+    """
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    token = value.strip()
+    if not token:
+        return "is empty"
+    if not all("!" <= char <= "~" and char not in "\"'" for char in token):
+        return "contains a space, quote, control or non-ASCII character"
+    return None
+
+
+def check_secret(name: str, option: str, value: object) -> None:
+    """Raise :class:`PurgerSecretError` (without the value) when ``value`` cannot be a token."""
+    problem = secret_problem(value)
+    if problem:
+        raise PurgerSecretError(f"Purger {name!r}: {option} {problem}")
+
+
 def _positive_number(purger: BasePurger, option: str, default: float) -> float:
     value = purger.options.get(option, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -95,6 +122,9 @@ class HttpPurger(BasePurger):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for option in self.secret_options:
+            if self.options.get(option) not in (None, ""):  # unset: required_options decide
+                check_secret(self.name, option, self.options[option])
         self.timeout = (
             _positive_number(self, "CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT),
             _positive_number(self, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT),
@@ -115,13 +145,15 @@ class HttpPurger(BasePurger):
             self._session.close()
             self._session = None
 
+    def secret(self, option: str) -> str:
+        """The secret ``option`` without the whitespace around it (a newline pasted from a
+        secrets file would otherwise end up in the header); ``""`` when not set."""
+        return str(self.options.get(option) or "").strip()
+
     def scrub(self, text: str) -> str:
-        """``text`` without any secret: this purger's secret options, then every configured one."""
-        for option in self.secret_options:
-            secret = self.options.get(option)
-            if secret:
-                text = text.replace(str(secret), MASK)
-        return redact(text)
+        """``text`` without any form of this purger's secrets or of any configured one."""
+        own = (str(self.options.get(option) or "") for option in self.secret_options)
+        return redact(text, extra=own)
 
     def request(
         self, method: str, url: str, keys: tuple[str, ...] = (), **kwargs: Any

@@ -103,8 +103,8 @@ class VarnishPurger(HttpPurger):
             yield batch
 
     def _headers(self) -> dict[str, str]:
-        token = self.options.get("TOKEN")
-        return {self.token_header: str(token)} if token else {}
+        token = self.secret("TOKEN")
+        return {self.token_header: token} if token else {}
 
     def send_batch(self, keys: list[str], *, soft: bool) -> PurgeResult:
         headers = {
