@@ -66,6 +66,10 @@ _TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
     "SINGLE_FLIGHT_WAIT": (_is_seconds, "a finite number of seconds >= 0"),
     "FAIL_OPEN": (lambda v: isinstance(v, bool), "True or False"),
     "PURGE_ASYNC": (lambda v: isinstance(v, bool), "True or False"),
+    "PUBLISH_TIMEOUT": (
+        lambda v: _is_seconds(v) and 0 < v <= 30,
+        "a number of seconds above 0 and at most 30",
+    ),
     "PURGERS": (lambda v: isinstance(v, dict), "a dict of purger name -> options dict"),
     "DISPATCHER": (lambda v: v is None or isinstance(v, str), "None or a dotted path"),
     "HTTP": (lambda v: isinstance(v, dict), "a dict"),

@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "PURGE_ASYNC": True,
     # Purgers by name: {"name": {"BACKEND": "dotted.path", ...options}}.
     "PURGERS": {},
+    # Seconds that publishing a purge task may take in a commit hook (connecting and the broker's
+    # handshake); on timeout the outbox rows stay pending for the redrive.
+    "PUBLISH_TIMEOUT": 1.0,
     # Dotted path of ``f(row_ids: list[int], using: str) -> None`` that hands committed outbox
     # rows to the edge tier; None picks the built-in dispatcher (see django_tiercache.edge.outbox).
     "DISPATCHER": None,

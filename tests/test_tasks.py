@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -254,7 +258,6 @@ def test_broker_down_at_commit_loses_nothing(
     api: responses.RequestsMock,
     category: Category,
     broker_down: Celery,
-    published: list[dict[str, Any]],
     caplog: Any,
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -266,14 +269,8 @@ def test_broker_down_at_commit_loses_nothing(
     assert [row.status for row in rows] == [PurgeRequest.Status.PENDING] * len(rows)
     assert "stay pending for a redrive" in caplog.text
     assert len(api.calls) == 0
-    assert published, "the task was never even attempted"
-    for message in published:
-        args, _, _ = message["body"]
-        assert args[0]
-        assert all(isinstance(row_id, int) for row_id in args[0])  # row ids only
-        for token in (FASTLY_TOKEN, CF_TOKEN):
-            assert token not in repr(message)
-            assert token not in caplog.text
+    for token in (FASTLY_TOKEN, CF_TOKEN):
+        assert token not in caplog.text
 
     # The broker is back (tasks run in-process here): the periodic redrive delivers every row.
     api.add_callback(responses.POST, FASTLY, callback=fastly_ok)
@@ -290,6 +287,19 @@ def test_broker_down_at_commit_loses_nothing(
     assert purged == {key for row in rows for key in row.keys}
 
 
+def test_task_messages_carry_row_ids_only(
+    edge: None, category: Category, published: list[dict[str, Any]]
+) -> None:
+    for _ in use_app(broker_url="memory://"):
+        with transaction.atomic():
+            Product.objects.create(name="Blue", category=category)
+    assert len(published) == 1
+    args, _, _ = published[0]["body"]
+    assert args[0] == list(PurgeRequest.objects.values_list("pk", flat=True))
+    for token in (FASTLY_TOKEN, CF_TOKEN):
+        assert token not in repr(published[0])
+
+
 def envelope_tags(body: Any) -> list[str]:
     return list(json.loads(body)["tags"])
 
@@ -303,3 +313,53 @@ def test_inline_purges_without_celery(
     pen.save()
     assert PurgeRequest.objects.get().status == PurgeRequest.Status.DONE
     assert (calls(api, "fastly"), calls(api, "cloudflare")) == (1, 1)
+
+
+@pytest.fixture
+def silent_broker() -> Iterator[Celery]:
+    """A Celery app whose broker accepts TCP connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        yield from use_app(broker_url=f"amqp://guest:guest@127.0.0.1:{port}//")
+    finally:
+        stop.set()
+        thread.join()
+        for sock in [*accepted, listener]:
+            sock.close()
+
+
+def test_a_silent_broker_delays_a_commit_by_the_publish_timeout_only(
+    edge: None,
+    settings: Any,
+    api: responses.RequestsMock,
+    category: Category,
+    silent_broker: Celery,
+    caplog: Any,
+) -> None:
+    """Celery's own connection timeout (4 s) and publish retries would hold every commit for
+    seconds; PUBLISH_TIMEOUT bounds the publish, and the row waits for the redrive."""
+    settings.TIERCACHE = {**settings.TIERCACHE, "PUBLISH_TIMEOUT": 0.2}
+    started = time.monotonic()
+    with transaction.atomic():
+        Product.objects.create(name="Quiet", category=category)
+    took = time.monotonic() - started
+    assert took < 2.0  # Celery's defaults alone take 4 s or more to give up
+    row = PurgeRequest.objects.get()
+    assert row.status == PurgeRequest.Status.PENDING
+    assert row.attempts == 0
+    assert "stay pending for a redrive" in caplog.text
+    assert len(api.calls) == 0

@@ -13,17 +13,21 @@ Beat schedule for the redrive (documented in docs/purgers.rst)::
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 from celery.utils.time import get_exponential_backoff_interval
+from kombu import Connection
 
+from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import outbox
 from django_tiercache.redact import get_logger
 
 logger = get_logger(__name__)
 
-#: How long publishing to the broker may retry inside the web request's commit hook.
+#: How the redrive task, in a worker, retries publishing the deliveries it enqueues.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
 #: Retries of one delivery before its rows are left to the redrive.
 MAX_RETRIES = 8
@@ -100,6 +104,65 @@ def redrive_outbox(
     return len(row_ids)
 
 
+class _Publisher(threading.local):
+    """This thread's broker connection for publishing from commit hooks (one per process)."""
+
+    connection: Connection | None = None
+    #: What the connection was opened for: process id, Celery app and broker URL.
+    owner: tuple[int, int, str] | None = None
+
+    @staticmethod
+    def _owner(app: Celery) -> tuple[int, int, str]:
+        return (os.getpid(), id(app), str(app.conf.broker_write_url or app.conf.broker_url))
+
+    def kept(self, app: Celery) -> bool:
+        """Whether this thread holds a connection opened earlier for ``app`` in this process."""
+        return self.connection is not None and self.owner == self._owner(app)
+
+    def get(self, app: Celery, timeout: float) -> Connection:
+        """This thread's connection, connected within ``timeout`` seconds."""
+        if self.connection is None or not self.kept(app):
+            self.drop()
+            self.connection = app.connection_for_write(connect_timeout=timeout, heartbeat=0)
+            self.owner = self._owner(app)
+        self.connection.ensure_connection(
+            max_retries=1,
+            interval_start=0,
+            interval_step=0,
+            timeout=timeout,  # type: ignore[arg-type]  # kombu takes seconds as a float
+        )
+        return self.connection
+
+    def drop(self) -> None:
+        if self.connection is not None and self.owner and self.owner[0] == os.getpid():
+            self.connection.collect()  # maybe broken: release it without talking to the broker
+        self.connection = self.owner = None
+
+
+_publisher = _Publisher()
+
+
 def enqueue(row_ids: list[int], using: str) -> None:
-    """The ``PURGE_ASYNC`` dispatcher: one small task per committed batch of rows."""
-    deliver_outbox.apply_async((row_ids, using), retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+    """The ``PURGE_ASYNC`` dispatcher: one small task per committed batch of rows.
+
+    It runs in the commit hook of the request that changed data, so the publish is bounded by
+    ``TIERCACHE["PUBLISH_TIMEOUT"]`` (connection and handshake), over a connection kept per thread;
+    a failure raises, and :func:`~django_tiercache.edge.outbox.dispatch` leaves the rows pending
+    for the redrive. A kept connection that broke meanwhile is replaced once.
+    """
+    app = deliver_outbox.app
+    if app.conf.task_always_eager:
+        deliver_outbox.apply_async((row_ids, using))
+        return
+    timeout = float(tiercache_settings.PUBLISH_TIMEOUT)
+    while True:
+        kept = _publisher.kept(app)
+        try:
+            connection = _publisher.get(app, timeout)
+            producer = connection.Producer()
+            deliver_outbox.apply_async((row_ids, using), producer=producer, retry=False)
+            return
+        except Exception:
+            _publisher.drop()
+            if not kept:  # a fresh connection failed: the broker is unreachable or silent
+                raise
