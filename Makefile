@@ -13,7 +13,7 @@ PORT ?= 8000
 help:
 	@echo "make demo   - install, migrate, seed and run the example shop at http://127.0.0.1:8000/ (PORT=8123)"
 	@echo "make test   - run the whole test suite (SQLite + fakeredis unless TIERCACHE_TEST_* are set)"
-	@echo "make lint   - ruff and mypy"
+	@echo "make lint   - ruff, mypy and the import contracts (lint-imports)"
 	@echo "make docs   - build the Sphinx docs into docs/_build/html (warnings are errors)"
 	@echo "make django-suite - Django's own ORM tests with every queryset cached (djangosuite/)"
 	@echo "make bench  - every benchmark, against cacheops and cachalot; tables to docs/benchmarks-latest.md"
@@ -40,6 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

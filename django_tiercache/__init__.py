@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from django_tiercache.collector import add_keys
     from django_tiercache.edge.events import purge_completed, purge_failed
     from django_tiercache.invalidation import invalidate
-    from django_tiercache.keys import key_factory, normalize_key, register
+    from django_tiercache.keys import key_factory, normalize_key
+    from django_tiercache.signals import register
     from django_tiercache.warmers import warmer
 
 # Public names, imported on first use: importing the package must not import models before
@@ -31,7 +32,7 @@ _LAZY = {
     "invalidate": "django_tiercache.invalidation",
     "key_factory": "django_tiercache.keys",
     "normalize_key": "django_tiercache.keys",
-    "register": "django_tiercache.keys",
+    "register": "django_tiercache.signals",
     "purge_completed": "django_tiercache.edge.events",
     "purge_failed": "django_tiercache.edge.events",
     "warmer": "django_tiercache.warmers",

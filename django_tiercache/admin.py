@@ -23,9 +23,9 @@ from django.utils.translation import ngettext
 
 from django_tiercache import manual
 from django_tiercache.conf import tiercache_settings
-from django_tiercache.keys import instance_keys
 from django_tiercache.models import PurgeRequest
 from django_tiercache.redact import redact
+from django_tiercache.signals import instance_keys
 
 __all__ = ["PERMISSION", "PurgeRequestAdmin", "TierCacheAdminMixin", "purge_from_caches"]
 

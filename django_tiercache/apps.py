@@ -15,9 +15,11 @@ class TierCacheConfig(AppConfig):
         The order of registration is the order of invalidation: the query tier, then the edge.
         """
         from django_tiercache import checks, signals  # noqa: F401 -- checks register on import
-        from django_tiercache.edge import outbox
+        from django_tiercache.edge import checks as edge_checks  # noqa: F401
+        from django_tiercache.edge import dispatch
+        from django_tiercache.http import checks as http_checks  # noqa: F401
         from django_tiercache.query import service
 
         service.connect()
-        outbox.connect()
+        dispatch.connect()
         signals.connect()

@@ -9,6 +9,10 @@ Warnings: W001 query-tier cache not Redis-backed with ``DEBUG`` off, W002 ``PURG
 purgers but no Celery broker configured, W003 the query-tier cache hides its errors
 (``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first middleware, W005 a purger
 secret with whitespace around it (stripped before use). No message ever shows a secret.
+
+This module checks the settings every tier shares; the HTTP tier's (``TIERCACHE["HTTP"]``, the
+middleware) are in :mod:`django_tiercache.http.checks`, the edge tier's (purgers, dispatcher) in
+:mod:`django_tiercache.edge.checks`. Each registers on import, from ``AppConfig.ready()``.
 """
 
 from __future__ import annotations
@@ -20,20 +24,17 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
-from django.utils.module_loading import import_string
 
 from django_tiercache.conf import DEFAULTS, MAX_TIMEOUT, SETTING_NAME, tiercache_settings
-from django_tiercache.edge.purgers import PurgerConfigError, build_purger
-from django_tiercache.edge.purgers.base import PurgerSecretError
-
-KNOWN_KEY_HEADERS = frozenset({"surrogate-key", "cache-tag", "xkey"})
 
 
-def _is_int(value: Any, minimum: int = 0) -> bool:
+def is_int(value: Any, minimum: int = 0) -> bool:
+    """An int (not a bool) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_seconds(value: Any) -> bool:
+def is_seconds(value: Any) -> bool:
+    """A finite, non-negative number of seconds (not a bool)."""
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
@@ -42,32 +43,19 @@ def _is_seconds(value: Any) -> bool:
     )
 
 
-def _is_statuses(value: Any) -> bool:
-    return isinstance(value, list | tuple | set | frozenset) and all(
-        _is_int(v, 100) and v < 600 for v in value
-    )
-
-
-def _is_key_headers(value: Any) -> bool:
-    return isinstance(value, list | tuple) and all(
-        isinstance(v, str) and v.lower() in KNOWN_KEY_HEADERS for v in value
-    )
-
-
-# name -> (predicate, what a valid value is)
-_TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
+_TOP: Schema = {
     "CACHE_ALIAS": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
     "KEY_PREFIX": (
         lambda v: isinstance(v, str) and bool(v) and v.isprintable() and " " not in v,
         "a non-empty string without spaces",
     ),
     "TIMEOUT": (lambda v: True, ""),  # E006 below
-    "STALE_TIMEOUT": (_is_seconds, "a finite number of seconds >= 0"),
-    "SINGLE_FLIGHT_WAIT": (_is_seconds, "a finite number of seconds >= 0"),
+    "STALE_TIMEOUT": (is_seconds, "a finite number of seconds >= 0"),
+    "SINGLE_FLIGHT_WAIT": (is_seconds, "a finite number of seconds >= 0"),
     "FAIL_OPEN": (lambda v: isinstance(v, bool), "True or False"),
     "PURGE_ASYNC": (lambda v: isinstance(v, bool), "True or False"),
     "PUBLISH_TIMEOUT": (
-        lambda v: _is_seconds(v) and 0 < v <= 30,
+        lambda v: is_seconds(v) and 0 < v <= 30,
         "a number of seconds above 0 and at most 30",
     ),
     "PURGERS": (lambda v: isinstance(v, dict), "a dict of purger name -> options dict"),
@@ -79,24 +67,12 @@ _TOP: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "ADMIN_ACTION": (lambda v: isinstance(v, bool), "True or False"),
 }
-_HTTP: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "BROWSER_MAX_AGE": (_is_seconds, "a finite number of seconds >= 0"),
-    "EDGE_MAX_AGE": (_is_seconds, "a finite number of seconds >= 0"),
-    "STALE_WHILE_REVALIDATE": (
-        lambda v: v is None or _is_seconds(v),
-        "None or a number of seconds >= 0",
-    ),
-    "STALE_IF_ERROR": (lambda v: v is None or _is_seconds(v), "None or a number of seconds >= 0"),
-    "MAX_KEY_HEADER_BYTES": (lambda v: _is_int(v, 1024), "an integer >= 1024"),
-    "CACHEABLE_STATUSES": (_is_statuses, "a list of HTTP status codes"),
-    "KEY_HEADERS": (_is_key_headers, "a list of: Surrogate-Key, Cache-Tag, xkey"),
-    "SERVER_TIMING": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
-}
+#: A setting's name -> (predicate, what a valid value is).
+Schema = dict[str, tuple[Callable[[Any], bool], str]]
 
 
-def _validate(
-    values: dict[str, Any], schema: dict[str, tuple[Callable[[Any], bool], str]], where: str
-) -> Iterable[CheckMessage]:
+def validate(values: dict[str, Any], schema: Schema, where: str) -> Iterable[CheckMessage]:
+    """E001 for each unknown name in ``values``, E002 for each value ``schema`` refuses."""
     for name, value in values.items():
         if name not in schema:
             yield Error(
@@ -126,11 +102,9 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="tiercache.E002",
             )
         ]
-    messages = list(_validate(user, _TOP, SETTING_NAME))
-    if isinstance(user.get("HTTP"), dict):
-        messages += _validate(user["HTTP"], _HTTP, f'{SETTING_NAME}["HTTP"]')
+    messages = list(validate(user, _TOP, SETTING_NAME))
     timeout = user.get("TIMEOUT", DEFAULTS["TIMEOUT"])
-    if not (_is_seconds(timeout) and 0 < timeout < MAX_TIMEOUT):
+    if not (is_seconds(timeout) and 0 < timeout < MAX_TIMEOUT):
         messages.append(
             Error(
                 f"{SETTING_NAME}['TIMEOUT'] is {timeout!r:.80}; the query tier needs a finite TTL.",
@@ -179,133 +153,6 @@ def check_cache(**kwargs: Any) -> list[CheckMessage]:
                 hint="Version tokens must be shared by every process: use "
                 "django_redis.cache.RedisCache (or Django's RedisCache) in production.",
                 id="tiercache.W001",
-            )
-        ]
-    return []
-
-
-@register(Tags.compatibility)
-def check_purgers(**kwargs: Any) -> list[CheckMessage]:
-    """E004/E005: purger backends that cannot be imported or lack options; W002: no Celery."""
-    purgers = tiercache_settings.PURGERS
-    if not isinstance(purgers, dict):
-        return []  # reported by E002
-    messages: list[CheckMessage] = []
-    for name, config in purgers.items():
-        try:
-            build_purger(name, config)
-        except PurgerSecretError:
-            continue  # check_purger_secrets says what is wrong
-        except PurgerConfigError as exc:
-            message = str(exc)
-            backend_problem = "BACKEND" in message or "not a BasePurger" in message
-            messages.append(
-                Error(
-                    message,
-                    hint="BACKEND must be a dotted path such as "
-                    "'django_tiercache.purgers.fastly.FastlyPurger'."
-                    if backend_problem
-                    else "Add the option to this purger's entry in TIERCACHE['PURGERS'].",
-                    obj=name,
-                    id="tiercache.E004" if backend_problem else "tiercache.E005",
-                )
-            )
-    if purgers and tiercache_settings.PURGE_ASYNC is True and not _celery_configured():
-        messages.append(
-            CheckWarning(
-                "PURGE_ASYNC is on but no Celery broker is configured: purges will stay pending "
-                "in the outbox.",
-                hint="Configure a Celery app with a broker (CELERY_BROKER_URL), or set "
-                "TIERCACHE['PURGE_ASYNC'] = False to purge inline after commit.",
-                id="tiercache.W002",
-            )
-        )
-    return messages
-
-
-@register(Tags.security)
-def check_purger_secrets(**kwargs: Any) -> list[CheckMessage]:
-    """E008: a secret that cannot be sent as a token; W005: whitespace around one (stripped)."""
-    from django_tiercache.edge.purgers.http_api import secret_problem
-    from django_tiercache.redact import SECRET_OPTIONS
-
-    purgers = tiercache_settings.PURGERS
-    if not isinstance(purgers, dict):
-        return []
-    messages: list[CheckMessage] = []
-    for name, config in purgers.items():
-        for option in SECRET_OPTIONS if isinstance(config, dict) else ():
-            if config.get(option) in (None, ""):
-                continue  # unset: E005 when the purger requires it
-            value, where = config[option], f"{SETTING_NAME}['PURGERS'][{name!r}][{option!r}]"
-            problem = secret_problem(value)
-            if problem:
-                messages.append(
-                    Error(
-                        f"{where} {problem}.",
-                        hint="Paste the token alone, without quotes; read it with "
-                        "os.environ[...].strip() if its source adds a newline.",
-                        obj=name,
-                        id="tiercache.E008",
-                    )
-                )
-            elif value != value.strip():
-                messages.append(
-                    CheckWarning(
-                        f"{where} has whitespace around it (a newline from a secrets file?); it "
-                        "is stripped before use.",
-                        hint="Strip it where it is read, e.g. os.environ['FASTLY_PURGE_TOKEN']"
-                        ".strip().",
-                        obj=name,
-                        id="tiercache.W005",
-                    )
-                )
-    return messages
-
-
-def _celery_configured() -> bool:
-    try:
-        from celery import current_app
-    except ImportError:
-        return False
-    conf = current_app.conf
-    return bool(conf.broker_url or conf.task_always_eager)
-
-
-MIDDLEWARE_PATH = "django_tiercache.middleware.TierCacheMiddleware"
-
-
-@register(Tags.compatibility)
-def check_middleware(**kwargs: Any) -> list[CheckMessage]:
-    """W004: TierCacheMiddleware must come first, to see what every other middleware adds."""
-    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
-    if MIDDLEWARE_PATH in middleware and middleware[0] != MIDDLEWARE_PATH:
-        return [
-            CheckWarning(
-                "TierCacheMiddleware is not the first entry of MIDDLEWARE.",
-                hint="Put it first (outermost), like UpdateCacheMiddleware: it must see the "
-                "cookies and Vary headers that session, CSRF and auth middleware add, or a "
-                "user-specific response could be sent as public.",
-                id="tiercache.W004",
-            )
-        ]
-    return []
-
-
-@register(Tags.compatibility)
-def check_dispatcher(**kwargs: Any) -> list[CheckMessage]:
-    """E007: DISPATCHER is not importable."""
-    path = tiercache_settings.DISPATCHER
-    if not isinstance(path, str):
-        return []
-    try:
-        import_string(path)
-    except ImportError as exc:
-        return [
-            Error(
-                f"{SETTING_NAME}['DISPATCHER'] {path!r} cannot be imported: {exc}",
-                hint="Use a dotted path to f(row_ids, using), or None for the default.",
-                id="tiercache.E007",
             )
         ]
     return []

@@ -2,7 +2,8 @@
 
 A table key is the concrete model's ``label_lower`` (``shop.product``); an object key adds the
 primary key (``shop.product:42``). Every key that reaches Redis, a response header or a purge call
-goes through :func:`normalize_key`, so the three always agree.
+goes through :func:`normalize_key`, so the three always agree. Which models are tracked, and the
+keys a change to an instance invalidates, is decided in :mod:`django_tiercache.signals`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from django.db import models
 
 __all__ = [
     "KeyFactory",
-    "instance_keys",
-    "is_tracked",
+    "concrete_model",
+    "default_keys",
     "key_factory",
     "normalize_key",
     "normalize_keys",
     "object_key",
     "object_keys",
-    "register",
     "table_key",
     "table_keys",
 ]
@@ -39,8 +39,6 @@ _CLEAN = re.compile(rf"[\x21-\x2b\x2d-\x7e]{{1,{MAX_KEY_BYTES}}}")  # visible AS
 
 #: Something that turns an instance into keys: ``key_factory(...)`` or any such callable.
 KeyFactory = Callable[[Any], Iterable[str]]
-
-_registry: dict[type[models.Model], list[KeyFactory | str]] = {}
 
 
 def normalize_key(key: str) -> str:
@@ -77,7 +75,8 @@ def normalize_keys(keys: Iterable[str]) -> set[str]:
     return {normalize_key(key) for key in keys}
 
 
-def _concrete(model: type[models.Model] | models.Model) -> type[models.Model]:
+def concrete_model(model: type[models.Model] | models.Model) -> type[models.Model]:
+    """The model whose table holds rows of ``model`` (itself, or a proxy's concrete model)."""
     concrete = model._meta.concrete_model
     assert concrete is not None  # only abstract models lack one, and they have no table
     return concrete
@@ -85,12 +84,12 @@ def _concrete(model: type[models.Model] | models.Model) -> type[models.Model]:
 
 def table_key(model: type[models.Model] | models.Model) -> str:
     """The key of the table behind ``model`` (a proxy shares its concrete model's key)."""
-    return normalize_key(_concrete(model)._meta.label_lower)
+    return normalize_key(concrete_model(model)._meta.label_lower)
 
 
 def table_keys(model: type[models.Model] | models.Model) -> list[str]:
     """The keys of every table a row of ``model`` lives in: its own and multi-table parents'."""
-    concrete = _concrete(model)
+    concrete = concrete_model(model)
     return [
         table_key(concrete),
         *(table_key(parent) for parent in concrete._meta.get_parent_list()),
@@ -99,12 +98,12 @@ def table_keys(model: type[models.Model] | models.Model) -> list[str]:
 
 def object_key(model: type[models.Model] | models.Model, pk: Any) -> str:
     """The key of the row with primary key ``pk`` in ``model``'s table."""
-    return normalize_key(f"{_concrete(model)._meta.label_lower}:{pk}")
+    return normalize_key(f"{concrete_model(model)._meta.label_lower}:{pk}")
 
 
 def object_keys(instance: models.Model) -> list[str]:
     """The object keys of ``instance``: its own and, with multi-table inheritance, its parents'."""
-    concrete = _concrete(instance)
+    concrete = concrete_model(instance)
     return [object_key(concrete, instance.pk)] + [
         object_key(parent, instance.pk) for parent in concrete._meta.get_parent_list()
     ]
@@ -145,67 +144,6 @@ def key_factory(
     return generate
 
 
-def register(model: type[models.Model], purge_keys: Iterable[KeyFactory | str] = ()) -> None:
-    """Track ``model``: its changes invalidate its keys plus ``purge_keys``.
-
-    ``purge_keys`` holds fixed keys and factories (``key_factory(...)`` or any callable taking the
-    instance and returning keys). Registering a model twice adds to its purge keys.
-    """
-    if not (isinstance(model, type) and issubclass(model, models.Model)):
-        raise TypeError(f"register() expects a model class, got {model!r}")
-    factories = list(purge_keys)
-    for factory in factories:
-        if not (isinstance(factory, str) or callable(factory)):
-            raise TypeError(
-                f"purge_keys for {model._meta.label} must be strings or callables, "
-                f"got {factory!r:.100}"
-            )
-    _registry.setdefault(model, []).extend(factories)
-    from django.apps import apps
-
-    if apps.models_ready:  # e.g. register() in the ready() of an app listed after ours
-        from django_tiercache.signals import track
-
-        track(model)
-
-
-def is_tracked(model: type[models.Model]) -> bool:
-    """Whether changes to ``model`` invalidate keys: mixin models, registered models, their
-    proxies and multi-table children."""
-    from django_tiercache.models import SurrogateKeyMixin
-
-    return issubclass(model, SurrogateKeyMixin) or any(m in _registry for m in _lineage(model))
-
-
-def _lineage(model: type[models.Model]) -> list[type[models.Model]]:
-    """``model``, its concrete model (for a proxy) and its multi-table parents."""
-    concrete = _concrete(model)
-    return list(dict.fromkeys((model, concrete, *concrete._meta.get_parent_list())))
-
-
-def _factories(model: type[models.Model]) -> list[KeyFactory | str]:
-    return [factory for m in _lineage(model) for factory in _registry.get(m, ())]
-
-
 def default_keys(instance: models.Model) -> list[str]:
     """Object keys plus table keys: what a change to ``instance`` invalidates by default."""
     return object_keys(instance) + table_keys(instance)
-
-
-def instance_keys(instance: models.Model) -> set[str]:
-    """Every normalised key a change to ``instance`` invalidates.
-
-    Its object and table keys are always included, whatever ``surrogate_keys()`` returns: the
-    query tier tags results with them, so leaving one out would serve stale rows.
-    """
-    from django_tiercache.models import SurrogateKeyMixin
-
-    keys = set(default_keys(instance))
-    if isinstance(instance, SurrogateKeyMixin):
-        keys.update(instance.surrogate_keys())
-    for factory in _factories(type(instance)):
-        if isinstance(factory, str):
-            keys.add(factory)
-        else:
-            keys.update(factory(instance))
-    return normalize_keys(keys)

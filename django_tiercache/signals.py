@@ -1,7 +1,10 @@
-"""Receivers that turn model changes into invalidated keys.
+"""Which models are tracked, the keys a change to one invalidates, and the receivers that send
+those keys to :mod:`django_tiercache.invalidation`.
 
-They are connected per tracked model (``AppConfig.ready`` and :func:`django_tiercache.register`),
-never for every model: a model with no ``post_delete`` receiver keeps Django's fast deletes.
+A model is tracked when it uses :class:`~django_tiercache.models.SurrogateKeyMixin` or was passed
+to :func:`register`. Receivers are connected per tracked model (``AppConfig.ready`` and
+:func:`register`), never for every model: a model with no ``post_delete`` receiver keeps Django's
+fast deletes.
 """
 
 from __future__ import annotations
@@ -14,9 +17,74 @@ from django.db import models
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 
 from django_tiercache.invalidation import collect
-from django_tiercache.keys import instance_keys, is_tracked, table_key, table_keys
+from django_tiercache.keys import (
+    KeyFactory,
+    concrete_model,
+    default_keys,
+    normalize_keys,
+    table_key,
+    table_keys,
+)
+from django_tiercache.models import SurrogateKeyMixin
+
+__all__ = ["connect", "instance_keys", "is_tracked", "register", "track"]
 
 _UID = "django_tiercache"
+
+_registry: dict[type[models.Model], list[KeyFactory | str]] = {}
+
+
+def register(model: type[models.Model], purge_keys: Iterable[KeyFactory | str] = ()) -> None:
+    """Track ``model``: its changes invalidate its keys plus ``purge_keys``.
+
+    ``purge_keys`` holds fixed keys and factories (``key_factory(...)`` or any callable taking the
+    instance and returning keys). Registering a model twice adds to its purge keys.
+    """
+    if not (isinstance(model, type) and issubclass(model, models.Model)):
+        raise TypeError(f"register() expects a model class, got {model!r}")
+    factories = list(purge_keys)
+    for factory in factories:
+        if not (isinstance(factory, str) or callable(factory)):
+            raise TypeError(
+                f"purge_keys for {model._meta.label} must be strings or callables, "
+                f"got {factory!r:.100}"
+            )
+    _registry.setdefault(model, []).extend(factories)
+    if apps.models_ready:  # e.g. register() in the ready() of an app listed after ours
+        track(model)
+
+
+def is_tracked(model: type[models.Model]) -> bool:
+    """Whether changes to ``model`` invalidate keys: mixin models, registered models, their
+    proxies and multi-table children."""
+    return issubclass(model, SurrogateKeyMixin) or any(m in _registry for m in _lineage(model))
+
+
+def _lineage(model: type[models.Model]) -> list[type[models.Model]]:
+    """``model``, its concrete model (for a proxy) and its multi-table parents."""
+    concrete = concrete_model(model)
+    return list(dict.fromkeys((model, concrete, *concrete._meta.get_parent_list())))
+
+
+def _factories(model: type[models.Model]) -> list[KeyFactory | str]:
+    return [factory for m in _lineage(model) for factory in _registry.get(m, ())]
+
+
+def instance_keys(instance: models.Model) -> set[str]:
+    """Every normalised key a change to ``instance`` invalidates.
+
+    Its object and table keys are always included, whatever ``surrogate_keys()`` returns: the
+    query tier tags results with them, so leaving one out would serve stale rows.
+    """
+    keys = set(default_keys(instance))
+    if isinstance(instance, SurrogateKeyMixin):
+        keys.update(instance.surrogate_keys())
+    for factory in _factories(type(instance)):
+        if isinstance(factory, str):
+            keys.add(factory)
+        else:
+            keys.update(factory(instance))
+    return normalize_keys(keys)
 
 
 def connect() -> None:

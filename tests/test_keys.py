@@ -3,17 +3,15 @@ from __future__ import annotations
 import pytest
 
 from django_tiercache.keys import (
-    instance_keys,
-    is_tracked,
     key_factory,
     normalize_key,
     normalize_keys,
     object_key,
     object_keys,
-    register,
     table_key,
     table_keys,
 )
+from django_tiercache.signals import instance_keys, is_tracked, register
 from tests.testapp.models import Category, Product, Review, SpecialProduct, Tag, Untracked
 
 HOSTILE = [

@@ -2,70 +2,27 @@
 
 Rows are written by :mod:`django_tiercache.journal` inside the transaction that changed the data,
 so a purge exists exactly when the change does. After commit the orchestrator
-(:mod:`django_tiercache.invalidation`) hands the row ids to :func:`dispatch`, the edge tier's
-:class:`~django_tiercache.invalidation.JournalConsumer`; they are dispatched (Celery, or inline
-with ``PURGE_ASYNC = False``, or a custom ``DISPATCHER``); :func:`deliver` sends the keys to every
-purger that has not succeeded yet and records each purger's result on the row.
+(:mod:`django_tiercache.invalidation`) hands the row ids to the edge tier's dispatcher
+(:mod:`django_tiercache.edge.dispatch`); :func:`deliver` sends the keys to every purger that has
+not succeeded yet and records each purger's result on the row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from django_tiercache import invalidation, journal
-from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import events
 from django_tiercache.edge.purgers import BasePurger, PurgeResult, get_purgers
 from django_tiercache.models import PurgeRequest
 from django_tiercache.redact import get_logger
 
 logger = get_logger(__name__)
-
-Dispatcher = Callable[[list[int], str], None]
-
-
-def connect() -> None:
-    """Register the edge tier with the orchestrator: committed rows come to :func:`dispatch`."""
-    invalidation.register_consumer(
-        invalidation.JournalConsumer(
-            name="edge", targets=lambda: list(tiercache_settings.PURGERS), dispatch=dispatch
-        )
-    )
-
-
-def _default_dispatcher() -> Dispatcher:
-    if tiercache_settings.PURGE_ASYNC:
-        from django_tiercache.edge.tasks import enqueue
-
-        return enqueue
-    return deliver_quietly
-
-
-def dispatch(row_ids: list[int], using: str) -> None:
-    """Hand committed rows to the edge tier; never raises (the rows stay pending on failure)."""
-    path = tiercache_settings.DISPATCHER
-    try:
-        dispatcher: Dispatcher = import_string(path) if path else _default_dispatcher()
-        dispatcher(list(row_ids), using)
-    except Exception:
-        logger.exception(
-            "tiercache: could not dispatch purge request(s) %s; they stay pending for a redrive",
-            row_ids,
-        )
-
-
-def deliver_quietly(row_ids: list[int], using: str) -> None:
-    """:func:`deliver`, logging instead of raising (the inline dispatcher)."""
-    try:
-        deliver(row_ids, using)
-    except Exception:
-        logger.exception("tiercache: delivering purge request(s) %s failed", row_ids)
 
 
 def _call(purger: BasePurger, keys: set[str], purge_all: bool) -> PurgeResult:

@@ -34,7 +34,8 @@ from django.db.models.sql.query import Query
 from django.db.models.sql.where import WhereNode
 from django.utils.functional import cached_property as django_cached_property
 
-from django_tiercache.keys import is_tracked, object_key, table_key
+from django_tiercache.keys import object_key, table_key
+from django_tiercache.signals import is_tracked
 
 # Query attributes that are sets: pickled in sorted order so that keys agree across processes.
 _SET_ATTRIBUTES = ("used_aliases", "subq_aliases", "annotation_select_mask", "extra_select_mask")

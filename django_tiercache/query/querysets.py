@@ -25,9 +25,10 @@ from django.db.models.sql.query import Query
 
 from django_tiercache import stats
 from django_tiercache.invalidation import collect, has_pending_keys, pending_keys
-from django_tiercache.keys import instance_keys, normalize_keys, register, table_keys
+from django_tiercache.keys import normalize_keys, table_keys
 from django_tiercache.query import lazy, planner
 from django_tiercache.query.service import _ttl, query_results
+from django_tiercache.signals import instance_keys, register
 
 _M = TypeVar("_M", bound=models.Model)
 

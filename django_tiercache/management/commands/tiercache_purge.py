@@ -26,9 +26,10 @@ from django_tiercache.edge.purgers import BasePurger, get_purgers
 from django_tiercache.edge.purgers.cloudflare import CloudflarePurger
 from django_tiercache.edge.purgers.fastly import FastlyPurger
 from django_tiercache.edge.purgers.varnish import VarnishPurger
-from django_tiercache.keys import instance_keys, normalize_key, table_keys
+from django_tiercache.keys import normalize_key, table_keys
 from django_tiercache.models import PurgeRequest
 from django_tiercache.redact import redact
+from django_tiercache.signals import instance_keys
 
 #: Exit status when the command line names something unknown.
 USAGE_ERROR = 2

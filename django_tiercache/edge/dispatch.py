@@ -1,0 +1,60 @@
+"""How committed journal rows reach the edge tier: Celery, inline, or a custom ``DISPATCHER``.
+
+:func:`connect` registers the edge tier with the orchestrator
+(:class:`~django_tiercache.invalidation.JournalConsumer`); after each commit it calls
+:func:`dispatch` with the ids of the rows written in that transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.utils.module_loading import import_string
+
+from django_tiercache import invalidation
+from django_tiercache.conf import tiercache_settings
+from django_tiercache.edge.outbox import deliver
+from django_tiercache.redact import get_logger
+
+logger = get_logger(__name__)
+
+#: ``dispatcher(row_ids, using)``: hands committed rows to whatever delivers them.
+Dispatcher = Callable[[list[int], str], None]
+
+
+def connect() -> None:
+    """Register the edge tier with the orchestrator: committed rows come to :func:`dispatch`."""
+    invalidation.register_consumer(
+        invalidation.JournalConsumer(
+            name="edge", targets=lambda: list(tiercache_settings.PURGERS), dispatch=dispatch
+        )
+    )
+
+
+def _default_dispatcher() -> Dispatcher:
+    if tiercache_settings.PURGE_ASYNC:
+        from django_tiercache.edge.tasks import enqueue  # Celery is imported only when used
+
+        return enqueue
+    return deliver_quietly
+
+
+def dispatch(row_ids: list[int], using: str) -> None:
+    """Hand committed rows to the edge tier; never raises (the rows stay pending on failure)."""
+    path = tiercache_settings.DISPATCHER
+    try:
+        dispatcher: Dispatcher = import_string(path) if path else _default_dispatcher()
+        dispatcher(list(row_ids), using)
+    except Exception:
+        logger.exception(
+            "tiercache: could not dispatch purge request(s) %s; they stay pending for a redrive",
+            row_ids,
+        )
+
+
+def deliver_quietly(row_ids: list[int], using: str) -> None:
+    """:func:`~django_tiercache.edge.outbox.deliver`, logging instead of raising (inline)."""
+    try:
+        deliver(row_ids, using)
+    except Exception:
+        logger.exception("tiercache: delivering purge request(s) %s failed", row_ids)

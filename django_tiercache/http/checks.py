@@ -1,0 +1,73 @@
+"""System checks of the HTTP tier: ``TIERCACHE["HTTP"]`` (E001/E002) and the middleware's place
+(W004). Registered on import, from ``AppConfig.ready()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Tags, register
+from django.core.checks import Warning as CheckWarning
+
+from django_tiercache.checks import Schema, is_int, is_seconds, validate
+from django_tiercache.conf import SETTING_NAME
+from django_tiercache.http.headers import KEY_HEADERS
+
+MIDDLEWARE_PATH = "django_tiercache.middleware.TierCacheMiddleware"
+
+
+def _is_statuses(value: Any) -> bool:
+    return isinstance(value, list | tuple | set | frozenset) and all(
+        is_int(v, 100) and v < 600 for v in value
+    )
+
+
+def _is_key_headers(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(
+        isinstance(v, str) and v.lower() in KEY_HEADERS for v in value
+    )
+
+
+_HTTP: Schema = {
+    "BROWSER_MAX_AGE": (is_seconds, "a finite number of seconds >= 0"),
+    "EDGE_MAX_AGE": (is_seconds, "a finite number of seconds >= 0"),
+    "STALE_WHILE_REVALIDATE": (
+        lambda v: v is None or is_seconds(v),
+        "None or a number of seconds >= 0",
+    ),
+    "STALE_IF_ERROR": (lambda v: v is None or is_seconds(v), "None or a number of seconds >= 0"),
+    "MAX_KEY_HEADER_BYTES": (lambda v: is_int(v, 1024), "an integer >= 1024"),
+    "CACHEABLE_STATUSES": (_is_statuses, "a list of HTTP status codes"),
+    "KEY_HEADERS": (
+        _is_key_headers,
+        f"a list of: {', '.join(header for header, _ in KEY_HEADERS.values())}",
+    ),
+    "SERVER_TIMING": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
+}
+
+
+@register(Tags.compatibility)
+def check_http_settings(**kwargs: Any) -> list[CheckMessage]:
+    """E001/E002: unknown keys and wrong values in ``TIERCACHE["HTTP"]``."""
+    http = getattr(settings, SETTING_NAME, {})
+    http = http.get("HTTP") if isinstance(http, dict) else None
+    if not isinstance(http, dict):
+        return []  # absent, or reported by the core check (E002)
+    return list(validate(http, _HTTP, f'{SETTING_NAME}["HTTP"]'))
+
+
+@register(Tags.compatibility)
+def check_middleware(**kwargs: Any) -> list[CheckMessage]:
+    """W004: TierCacheMiddleware must come first, to see what every other middleware adds."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if MIDDLEWARE_PATH in middleware and middleware[0] != MIDDLEWARE_PATH:
+        return [
+            CheckWarning(
+                "TierCacheMiddleware is not the first entry of MIDDLEWARE.",
+                hint="Put it first (outermost), like UpdateCacheMiddleware: it must see the "
+                "cookies and Vary headers that session, CSRF and auth middleware add, or a "
+                "user-specific response could be sent as public.",
+                id="tiercache.W004",
+            )
+        ]
+    return []
