@@ -21,7 +21,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from django_tiercache import invalidate
-from django_tiercache.checks import check_purger_secrets
+from django_tiercache.edge.checks import check_purger_secrets
 from django_tiercache.edge.purgers import BasePurger, PurgeResult
 from django_tiercache.models import PurgeRequest
 from django_tiercache.redact import MASK, redact
@@ -196,7 +196,7 @@ def test_a_token_that_cannot_be_sent_is_a_check_error(settings: Any, token: obje
             }
         },
     }
-    from django_tiercache.checks import check_purgers
+    from django_tiercache.edge.checks import check_purgers
 
     messages = [*check_purger_secrets(), *check_purgers()]
     ids = [message.id for message in messages]
