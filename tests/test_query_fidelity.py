@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist, FieldError
+from django.db import connection, transaction
 from django.db.migrations.state import ProjectState
+from django.db.models import Prefetch, Sum
 
 from django_tiercache.query import CachedQuerySet
 from tests.test_query import db_queries
@@ -35,3 +38,83 @@ def test_historical_model_rows_are_its_own_instances() -> None:
     for _ in range(2):
         rows = list(CachedQuerySet(model=historical).cached())
         assert [type(row) for row in rows] == [historical]
+
+
+@pytest.fixture
+def pens() -> Category:
+    pens = Category.objects.create(name="Pens")
+    for i in range(3):
+        Product.objects.create(name=f"pen{i}", price=i, category=pens)
+    return pens
+
+
+def test_aggregates_that_print_alike_are_cached_apart(pens: Category) -> None:
+    """Django's repr() of an aggregate leaves ``default=`` out."""
+    empty = lambda: Product.objects.cached().filter(name="none")  # noqa: E731
+    assert empty().aggregate(v=Sum("price", default=35)) == {"v": 35}
+    assert empty().aggregate(v=Sum("price", default=21)) == {"v": 21}
+
+
+def test_nested_prefetch_querysets_are_cached_apart(pens: Category) -> None:
+    def categories(name: str) -> list[Any]:
+        inner = Prefetch("tags", queryset=Tag.objects.filter(name=name), to_attr="picked")
+        products = Product.objects.prefetch_related(inner)
+        outer = Prefetch("products", queryset=products)
+        rows = Category.objects.cached().prefetch_related(outer)
+        return [[p.picked for p in c.products.all()] for c in rows]
+
+    red = Tag.objects.create(name="red")
+    for product in Product.objects.all():
+        product.tags.add(red)
+    assert categories("blue") == [[[], [], []]]
+    assert categories("red") == [[[red], [red], [red]]]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: Product.objects.cached().filter(no_such_field=1),
+        lambda: Product.objects.cached().exclude(category__no_such_field=1),
+        lambda: Product.objects.cached().order_by("no_such_field"),
+        lambda: Product.objects.cached().filter(name__no_such_lookup="a"),
+    ],
+)
+def test_field_errors_raise_where_django_raises_them(call: Any) -> None:
+    with pytest.raises(FieldError):
+        call()  # not evaluated: Django raises while building
+
+
+def test_value_errors_raise_where_django_raises_them() -> None:
+    with pytest.raises(ValueError, match="expected a number"):
+        Product.objects.cached().filter(pk="not a number")
+
+
+def test_update_of_a_values_queryset(pens: Category) -> None:
+    assert Product.objects.cached().values("pk").update(name="x") == 3
+    assert {p.name for p in Product.objects.cached()} == {"x"}
+
+
+def test_update_on_a_slice_raises_djangos_error(pens: Category) -> None:
+    with pytest.raises(TypeError, match="Cannot update a query once a slice has been taken"):
+        Product.objects.cached()[:1].update(name="x")
+
+
+def test_caught_validation_error_leaves_the_callers_transaction_usable(pens: Category) -> None:
+    with transaction.atomic():
+        with pytest.raises(FieldDoesNotExist):
+            Product.objects.cached().update(no_such_field=1)
+        with pytest.raises(ValueError, match="primary key"):
+            Product.objects.bulk_update([Product(name="new")], ["name"])
+        assert Product.objects.cached().count() == 3  # no TransactionManagementError
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="DISTINCT ON needs PostgreSQL (run with TIERCACHE_TEST_DATABASE=postgres)",
+)
+def test_get_keeps_the_ordering_of_distinct_on(pens: Category) -> None:
+    inks = Category.objects.create(name="Inks")
+    Product.objects.create(name="pen1", price=9, category=inks)
+    expected = Product.objects.distinct("name").order_by("name", "-price").get(name="pen1")
+    cached = Product.objects.cached().distinct("name").order_by("name", "-price").get(name="pen1")
+    assert (cached.pk, cached.price) == (expected.pk, expected.price) == (expected.pk, 9)

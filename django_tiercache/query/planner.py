@@ -125,8 +125,13 @@ def _class_reference(namespace: str, name: str, *instance: Any) -> None:
 
 def fingerprint(query: Query, *shape: Any) -> str:
     """A digest identifying ``query`` and the shape of its results (kind, db, fields...)."""
+    return digest(query, shape)
+
+
+def digest(*values: Any) -> str:
+    """A digest of ``values`` (queries, expressions, literals) by their state, never repr()."""
     buffer = io.BytesIO()
-    _StatePickler(buffer, protocol=5).dump((query, shape))
+    _StatePickler(buffer, protocol=5).dump(values)
     return hashlib.blake2b(buffer.getbuffer(), digest_size=16).hexdigest()
 
 
@@ -235,6 +240,9 @@ def _prefetch_models(
         queryset = getattr(lookup, "queryset", None)
         if queryset is not None:
             yield queryset.query
+            yield from _prefetch_models(
+                queryset.model, getattr(queryset, "_prefetch_related_lookups", ())
+            )
         current = model
         for part in str(path).split("__"):
             try:
@@ -322,7 +330,10 @@ def prefetch_shape(lookups: Iterable[Any]) -> tuple[Any, ...]:
             shape.append(lookup)
         else:
             queryset = getattr(lookup, "queryset", None)
-            inner = None if queryset is None else fingerprint(queryset.query)
+            inner = None
+            if queryset is not None:  # its own prefetches (nested Prefetch objects) too
+                nested = prefetch_shape(getattr(queryset, "_prefetch_related_lookups", ()))
+                inner = (fingerprint(queryset.query), nested)
             shape.append((lookup.prefetch_through, lookup.prefetch_to, inner))
     return tuple(shape)
 

@@ -6,6 +6,7 @@ query tier's service (:mod:`.service`) under the plan's entry name and keys.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -145,24 +146,41 @@ class CachedQuerySet(QuerySet[_M]):
     def _sliced_lazily(self) -> bool:
         return self._query.is_sliced or any(op[0] == "slice" for op in self._operations or ())
 
+    def _record_checked(self, django_method: Callable[..., Any], operation: lazy.Operation) -> Self:
+        """``self`` with ``operation`` recorded, once Django's own ``django_method`` has applied
+        it to this very identity without raising: errors are raised where Django raises them."""
+        clone = self._record(operation)
+        if clone._pristine is None:
+            clone._pristine = lazy.base_identity(clone._query)
+        checked = lazy.identity(clone._pristine, self.model._meta.label, clone._operations or ())
+        if checked not in _checked:
+            if len(_checked) >= _plans.size:
+                _checked.clear()
+            if operation[0] == "filter":
+                django_method(self._record(), **operation[3])
+            else:
+                django_method(self._record(), *operation[1])
+            _checked.add(checked)
+        return clone
+
     def filter(self, *args: Any, **kwargs: Any) -> Self:
         lookups = None if args or not self._lazy_base() else lazy.record_lookups(kwargs)
         if lookups is None or self._sliced_lazily():
             return super().filter(*args, **kwargs)
-        return self._record(("filter", False, lookups, kwargs))
+        return self._record_checked(QuerySet.filter, ("filter", False, lookups, kwargs))
 
     def exclude(self, *args: Any, **kwargs: Any) -> Self:
         lookups = None if args or not self._lazy_base() else lazy.record_lookups(kwargs)
         if lookups is None or self._sliced_lazily():
             return super().exclude(*args, **kwargs)
-        return self._record(("filter", True, lookups, kwargs))
+        return self._record_checked(QuerySet.exclude, ("filter", True, lookups, kwargs))
 
     def order_by(self, *field_names: Any) -> Self:
         if not (self._lazy_base() and all(isinstance(f, str) for f in field_names)):
             return super().order_by(*field_names)
         if self._sliced_lazily():
             return super().order_by(*field_names)  # raises as Django does
-        return self._record(("order_by", tuple(field_names)))
+        return self._record_checked(QuerySet.order_by, ("order_by", tuple(field_names)))
 
     def __getitem__(self, k: Any) -> Any:
         if (
@@ -178,10 +196,12 @@ class CachedQuerySet(QuerySet[_M]):
         lookups = None if args or not self._lazy_base() else lazy.record_lookups(kwargs)
         if lookups is None or self._sliced_lazily():
             return super().get(*args, **kwargs)
-        # Django's get(): filter, drop the ordering, fetch at most MAX_GET_RESULTS rows.
-        clone = self._record(
-            ("filter", False, lookups, kwargs), ("order_by", ()), ("slice", None, MAX_GET_RESULTS)
-        )
+        # Django's get(): filter, drop the ordering (kept for DISTINCT ON), fetch at most
+        # MAX_GET_RESULTS rows.
+        clone = self._record_checked(QuerySet.filter, ("filter", False, lookups, kwargs))
+        if not self._query.distinct_fields:
+            clone = clone._record(("order_by", ()))
+        clone = clone._record(("slice", None, MAX_GET_RESULTS))
         rows = len(clone)
         if rows == 1:
             return clone._result_cache[0]  # type: ignore[index]
@@ -215,8 +235,6 @@ class CachedQuerySet(QuerySet[_M]):
                 base, label, self._operations, kind, db, options.keys, prefetch, *shape
             )
             name = None
-            if kind == "aggregate":  # expressions compare equal where their reprs differ
-                memo_key = name = lazy.lazy_name(memo_key)
         known = _plans.get(memo_key)
         if known is None:
             name = name or lazy.lazy_name(memo_key)  # type: ignore[arg-type]
@@ -302,25 +320,30 @@ class CachedQuerySet(QuerySet[_M]):
         if self._tiercache is None:
             return super().aggregate(*args, **kwargs)
         compute = functools.partial(super().aggregate, *args, **kwargs)
-        return dict(self._through_tier("aggregate", compute, args, sorted(kwargs.items())))
+        # By their state, not repr(): Sum("f", default=1) and Sum("f", default=2) print alike.
+        shape = planner.digest(args, sorted(kwargs.items()))
+        return dict(self._through_tier("aggregate", compute, shape))
 
     # -- writes through the manager -------------------------------------------------------------
 
     def update(self, **kwargs: Any) -> int:
         """Update the rows and, on commit, invalidate their keys as they were and as they are."""
-        with transaction.atomic(using=self.db, savepoint=False):
-            before = list(self.uncached().order_by().iterator())
+        self._for_write = True  # as Django's update(): the write database, reads included
+        db = self.db
+        with _transaction(db):
+            rows = self.model._base_manager.db_manager(db)
+            before = list(rows.filter(pk__in=self.uncached().values("pk")).iterator())
             count = super().update(**kwargs)
-            self._invalidate_rows(before)
+            self._invalidate_rows(before, db)
         return count
 
-    def _invalidate_rows(self, before: Sequence[models.Model]) -> None:
-        rows: QuerySet[models.Model] = self.model._base_manager.using(self.db)
+    def _invalidate_rows(self, before: Sequence[models.Model], db: str) -> None:
+        rows: QuerySet[models.Model] = self.model._base_manager.db_manager(db).all()
         after = list(rows.filter(pk__in=[o.pk for o in before]).iterator())
         keys = set(table_keys(self.model))
         for row in [*before, *after]:
             keys |= instance_keys(row)
-        collect(keys, self.db)
+        collect(keys, db)
 
     def bulk_create(self, objs: Iterable[_M], *args: Any, **kwargs: Any) -> list[_M]:
         created = super().bulk_create(objs, *args, **kwargs)
@@ -335,11 +358,13 @@ class CachedQuerySet(QuerySet[_M]):
         self, objs: Iterable[_M], fields: Iterable[str], batch_size: int | None = None
     ) -> int:
         objs = list(objs)
-        with transaction.atomic(using=self.db, savepoint=False):
-            rows = self.model._base_manager.using(self.db)
+        self._for_write = True  # as Django's bulk_update()
+        db = self.db
+        with _transaction(db):
+            rows = self.model._base_manager.db_manager(db)
             before = list(rows.filter(pk__in=[obj.pk for obj in objs]).iterator())
             count = super().bulk_update(objs, fields, batch_size=batch_size)
-            self._invalidate_rows(before)
+            self._invalidate_rows(before, db)
         return count
 
 
@@ -395,6 +420,17 @@ class _PlanMemo:
 
 
 _plans = _PlanMemo()
+#: Lazy identities Django has built once without raising (bounded like the plans).
+_checked: set[tuple[Any, ...]] = set()
+
+
+def _transaction(db: str) -> contextlib.AbstractContextManager[Any]:
+    """Around reading rows, writing them and reading them again: the caller's transaction if
+    there is one (a block of ours inside it would turn an error Django raises, and the caller
+    catches, into a broken transaction), else one of our own."""
+    if connections[db].in_atomic_block:
+        return contextlib.nullcontext()
+    return transaction.atomic(using=db)
 
 
 def _may_store(connection: BaseDatabaseWrapper) -> bool:
