@@ -229,7 +229,8 @@ def test_save_then_the_next_request_through_varnish_is_fresh(
         pen.save()
         wait_for(lambda name=pen.name: varnish.get(path).text == name)
         latencies.append(time.perf_counter() - start)
-    assert not PurgeRequest.objects.exclude(status=PurgeRequest.Status.DONE).exists()
+    # The worker marks a row done after Varnish answered the purge: wait for the last one.
+    drain_outbox()
     report = {
         "samples": len(latencies),
         "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
