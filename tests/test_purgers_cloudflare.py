@@ -237,3 +237,33 @@ def test_the_token_never_leaks(api: responses.RequestsMock, caplog: Any) -> None
     texts = [repr(purger), caplog.text, *(json.dumps(r.as_json()) for r in results)]
     assert all(r.error for r in results)
     assert not [text for text in texts if TOKEN in text]
+
+
+@pytest.mark.parametrize("status", [200, 400, 403])
+@pytest.mark.parametrize("code", [971, 1015])
+def test_a_throttle_code_is_transient_at_any_status(
+    api: responses.RequestsMock, status: int, code: int
+) -> None:
+    """Cloudflare's throttle codes say "later", even on a 200 or a 4xx."""
+    errors = [{"code": code, "message": "Please wait"}]
+    # 971 is what the API answers when throttling, though the OpenAPI schema says codes start at
+    # 1000: that body is built by hand, not validated against the schema.
+    body = (
+        envelope(False, errors)
+        if code >= 1000
+        else {"success": False, "errors": errors, "messages": [], "result": None}
+    )
+    api.add(responses.POST, CLOUDFLARE, status=status, headers={"Retry-After": "7"}, json=body)
+    result = make().purge_keys(["a"])
+    assert not result.ok
+    assert result.retryable
+    assert result.retry_after == 7
+    assert f"{code}: Please wait" in result.error
+
+
+def test_a_permanent_code_beside_no_throttle_is_a_refusal(api: responses.RequestsMock) -> None:
+    body = envelope(False, [{"code": 10000, "message": "Authentication error"}])
+    api.add(responses.POST, CLOUDFLARE, status=200, json=body)
+    result = make().purge_keys(["a"])
+    assert result.retryable is False
+    assert result.retry_after is None

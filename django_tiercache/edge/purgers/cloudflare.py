@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import requests
 
 from django_tiercache.edge.purgers.base import PurgerConfigError, PurgeResult
-from django_tiercache.edge.purgers.http_api import HttpPurger
+from django_tiercache.edge.purgers.http_api import HttpPurger, retry_after_seconds
 
 API_URL = "https://api.cloudflare.com/client/v4"
 #: Default items per purge call (Cloudflare's historical limit).
 DEFAULT_BATCH_SIZE = 30
 #: Most tags, hosts, prefixes or files Cloudflare accepts in one call.
 MAX_BATCH_SIZE = 100
+
+#: Envelope error codes that say "later": the same call may succeed then (retried, with the
+#: ``Retry-After`` when the response has one). Any other code in a ``success: false`` answer that
+#: is not a 408, 429 or 5xx is a refusal an operator has to look at.
+#: 971: "Please wait and consider throttling your request speed" (the API's throttle, seen in
+#: the wild although the OpenAPI schema gives codes from 1000);
+#: 1015: "You are being rate limited" (a rate-limiting rule in front of the API).
+TRANSIENT_ERROR_CODES = frozenset({971, 1015})
 
 #: A URL to purge, or ``{"url": ..., "headers": {...}}`` for custom cache keys.
 FileSpec = str | Mapping[str, Any]
@@ -28,7 +37,9 @@ class CloudflarePurger(HttpPurger):
     items per call your plan allows); ``API_URL``, ``CONNECT_TIMEOUT``, ``READ_TIMEOUT``.
 
     Cloudflare has no soft purge: ``soft`` is ignored. A response is a success only when its
-    envelope says ``"success": true``; an HTTP 200 with ``"success": false`` is a failure.
+    envelope says ``"success": true``; an HTTP 200 with ``"success": false`` is a failure,
+    transient when an error code is in :data:`TRANSIENT_ERROR_CODES`, permanent otherwise. A
+    4xx carrying a transient code (a throttle) is transient too.
     """
 
     required_options = ("ZONE_ID", "API_TOKEN")
@@ -105,11 +116,13 @@ class CloudflarePurger(HttpPurger):
                 status_code=response.status_code,
             )
         if body.get("success") is not True:
+            transient = bool(error_codes(body) & TRANSIENT_ERROR_CODES)
             return self.failure(
                 f"HTTP {response.status_code} with success=false: {self.api_error(response)}",
                 keys=keys,
                 status_code=response.status_code,
-                retryable=False,
+                retry_after=retry_after_seconds(response.headers) if transient else None,
+                retryable=transient,
             )
         result = body.get("result")
         request_id = result.get("id") if isinstance(result, dict) else None
@@ -119,6 +132,18 @@ class CloudflarePurger(HttpPurger):
             request_ids=(str(request_id),) if request_id else (),
             status_code=response.status_code,
         )
+
+    def refusal(self, response: requests.Response, result: PurgeResult) -> PurgeResult:
+        """A 4xx is permanent unless its envelope carries a transient code (a throttle)."""
+        try:
+            body = response.json()
+        except ValueError:
+            return result
+        if isinstance(body, dict) and error_codes(body) & TRANSIENT_ERROR_CODES:
+            return replace(
+                result, retryable=True, retry_after=retry_after_seconds(response.headers)
+            )
+        return result
 
     def api_error(self, response: requests.Response) -> str:
         """``"<code>: <message>"`` for each entry of the envelope's ``errors``."""
@@ -133,3 +158,11 @@ class CloudflarePurger(HttpPurger):
                 for e in errors
             )
         return super().api_error(response)
+
+
+def error_codes(body: Mapping[str, Any]) -> set[int]:
+    """The integer ``code`` of each entry of an envelope's ``errors``."""
+    errors = body.get("errors")
+    if not isinstance(errors, list):
+        return set()
+    return {e["code"] for e in errors if isinstance(e, dict) and isinstance(e.get("code"), int)}

@@ -177,7 +177,8 @@ class HttpPurger(BasePurger):
                 status_code=status,
                 retry_after=retry_after_seconds(response.headers),
             )
-        return self.failure(message, keys=keys, status_code=status, retryable=False)
+        refused = self.failure(message, keys=keys, status_code=status, retryable=False)
+        return self.refusal(response, refused)
 
     def failure(
         self,
@@ -196,6 +197,10 @@ class HttpPurger(BasePurger):
             retry_after=retry_after,
             retryable=retryable,
         )
+
+    def refusal(self, response: requests.Response, result: PurgeResult) -> PurgeResult:
+        """The result of a 4xx other than 408/429: permanent, unless a backend knows better."""
+        return result
 
     def success(self, response: requests.Response, keys: tuple[str, ...]) -> PurgeResult:
         """The result of a 2xx response; override to read request ids or a failure body."""
