@@ -72,11 +72,18 @@ def purge_from_caches(
     for obj in objects:
         keys |= instance_keys(obj)
     row = manual.request_purge(keys, using=queryset.db)
-    summary = ngettext(
-        "%(objects)d object, %(keys)d keys enqueued for purging",
-        "%(objects)d objects, %(keys)d keys enqueued for purging",
-        len(objects),
-    ) % {"objects": len(objects), "keys": len(keys)}
+    row.refresh_from_db()  # an inline or eager delivery may already have finished it
+    if row.status == PurgeRequest.Status.DONE:
+        what = _("purged")
+    elif row.status == PurgeRequest.Status.FAILED:
+        what = _("not purged")
+    else:
+        what = _("enqueued for purging")
+    summary = _("%(objects)s, %(keys)s %(what)s") % {
+        "objects": ngettext("%d object", "%d objects", len(objects)) % len(objects),
+        "keys": ngettext("%d key", "%d keys", len(keys)) % len(keys),
+        "what": what,
+    }
     link = _purge_request_link(row, modeladmin.admin_site)
     if link is None:
         modeladmin.message_user(request, f"{summary}: {row}.", messages.SUCCESS)
@@ -215,7 +222,7 @@ def _result_cells(results: dict[str, Any]) -> Iterable[tuple[SafeString]]:
         elif result.get("retryable") is False:
             outcome = _("refused")
         else:
-            outcome = _("failed, will be retried")
+            outcome = _("failed (transient), pending for the redrive")
         details = [
             f"HTTP {result['status_code']}" if result.get("status_code") else "",
             ", ".join(map(str, result.get("request_ids") or ())),

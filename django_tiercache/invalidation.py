@@ -83,15 +83,31 @@ def targets() -> list[str]:
 
 
 class _Batch:
-    """Keys (and outbox rows) collected in one savepoint of one transaction; its own commit hook."""
+    """Keys (and journal rows) collected in one savepoint of one transaction; its own commit hook.
 
-    __slots__ = ("__weakref__", "done", "keys", "row_ids", "using")
+    The batch writes one journal row and rewrites it in place as keys come (a new row once it
+    holds ``journal.MAX_KEYS_PER_ROW``): one row per transaction, not one per saved instance.
+    """
+
+    __slots__ = ("__weakref__", "done", "keys", "row_ids", "row_keys", "using")
 
     def __init__(self, using: str) -> None:
         self.using = using
         self.keys: set[str] = set()
         self.row_ids: list[int] = []
+        self.row_keys: set[str] = set()  # the keys of the last row of row_ids
         self.done = False
+
+    def journal(self, new_keys: set[str]) -> None:
+        """Record ``new_keys`` in this batch's journal row, inside the transaction."""
+        if not targets():
+            return
+        if self.row_ids and len(self.row_keys) + len(new_keys) <= journal.MAX_KEYS_PER_ROW:
+            self.row_keys |= new_keys
+            journal.extend(self.row_ids[-1], self.row_keys, self.using)
+        else:
+            self.row_keys = set(new_keys)
+            self.row_ids.append(journal.write(self.row_keys, self.using).pk)
 
     def __call__(self) -> None:
         """On commit: flush this batch with every other batch of the transaction still alive.
@@ -149,7 +165,7 @@ def collect(keys: Iterable[str], using: str | None = None) -> None:
         _live.add(batch)
         transaction.on_commit(batch, using=alias)
     batch.keys |= new_keys
-    batch.row_ids.extend(_journal(new_keys, alias))
+    batch.journal(new_keys)
 
 
 def has_pending_keys() -> bool:
@@ -238,7 +254,7 @@ def flush(keys: set[str], row_ids: list[int], using: str) -> None:
 def reapply(rows: Sequence[PurgeRequest]) -> None:
     """Invalidate again, in each tier, the keys of the rows whose invalidation failed there.
 
-    Updates ``results`` in memory; the caller saves the rows.
+    Updates ``results`` and ``tier_missed`` in memory; the caller saves the rows.
     """
     for name, tier in _tiers.items():
         todo = journal.failed_at(name, rows)
@@ -254,6 +270,7 @@ def reapply(rows: Sequence[PurgeRequest]) -> None:
             result = journal.outcome(exc)
         for row in todo:
             row.results[name] = result
+    journal.mark_missed(rows, _tiers)
 
 
 def recover(using: str = "default") -> int:
@@ -263,8 +280,8 @@ def recover(using: str = "default") -> int:
     """
     if not _tiers:
         return 0
-    rows = list(journal.unfinished(using, failed_at_tiers=_tiers))
+    rows = list(journal.unfinished(using, missed=True))
     if rows:
         reapply(rows)
-        PurgeRequest.objects.using(using).bulk_update(rows, ["results"])
+        PurgeRequest.objects.using(using).bulk_update(rows, ["results", "tier_missed"])
     return len(rows)

@@ -17,7 +17,22 @@ from django.db import models
 from django_tiercache.models import PurgeRequest
 from django_tiercache.redact import redact
 
-__all__ = ["SKIPPED", "describe", "failed_at", "outcome", "record_failure", "unfinished", "write"]
+__all__ = [
+    "MAX_KEYS_PER_ROW",
+    "SKIPPED",
+    "describe",
+    "extend",
+    "failed_at",
+    "mark_missed",
+    "outcome",
+    "record_failure",
+    "unfinished",
+    "write",
+]
+
+#: Most keys one row holds: a transaction that collects more writes further rows. It bounds the
+#: cost of rewriting a row in place (:func:`extend`) as the transaction collects keys.
+MAX_KEYS_PER_ROW = 500
 
 #: Marks, in ``PurgeRequest.results``, a target left out on purpose (``--backend``).
 SKIPPED = "skipped"
@@ -42,6 +57,11 @@ def write(
     )
 
 
+def extend(row_id: int, keys: Iterable[str], using: str) -> None:
+    """Replace the keys of a row written earlier in the same transaction (a superset of them)."""
+    PurgeRequest.objects.using(using).filter(pk=row_id).update(keys=sorted(keys))
+
+
 def describe(exc: BaseException) -> str:
     """An exception as stored on a row and logged: its type and message, secrets redacted."""
     return redact(f"{type(exc).__name__}: {exc}")
@@ -58,7 +78,8 @@ def record_failure(name: str, row_ids: Sequence[int], using: str, exc: BaseExcep
     for row in PurgeRequest.objects.using(using).filter(pk__in=list(row_ids)):
         row.results[name] = result
         row.last_error = result["error"]
-        row.save(update_fields=["results", "last_error", "updated"])
+        row.tier_missed = True
+        row.save(update_fields=["results", "last_error", "tier_missed", "updated"])
 
 
 def failed_at(name: str, rows: Iterable[PurgeRequest]) -> list[PurgeRequest]:
@@ -66,10 +87,15 @@ def failed_at(name: str, rows: Iterable[PurgeRequest]) -> list[PurgeRequest]:
     return [row for row in rows if row.results.get(name, {}).get("ok") is False]
 
 
-def unfinished(using: str, failed_at_tiers: Iterable[str] = ()) -> models.QuerySet[PurgeRequest]:
-    """Pending and failed rows; with ``failed_at_tiers``, only those a tier of them missed."""
+def unfinished(using: str, *, missed: bool = False) -> models.QuerySet[PurgeRequest]:
+    """Pending and failed rows; with ``missed``, only those a tier missed (an indexed column:
+    :func:`failed_at` then says which tier)."""
     rows = PurgeRequest.objects.using(using).filter(status__in=UNFINISHED)
-    missed = models.Q()
-    for name in failed_at_tiers:
-        missed |= models.Q(**{f"results__{name}__ok": False})
-    return rows.filter(missed) if missed else rows
+    return rows.filter(tier_missed=True) if missed else rows
+
+
+def mark_missed(rows: Iterable[PurgeRequest], tiers: Iterable[str]) -> None:
+    """Set ``tier_missed`` on each row from its ``results`` for ``tiers`` (in memory)."""
+    names = list(tiers)
+    for row in rows:
+        row.tier_missed = any(row.results.get(name, {}).get("ok") is False for name in names)

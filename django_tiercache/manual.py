@@ -67,7 +67,7 @@ def retry(row_ids: Iterable[int], using: str = "default") -> list[int]:
     if ids:
         # The tier handlers are retried here and now (one round trip): only the edge is deferred.
         invalidation.reapply(found)
-        PurgeRequest.objects.using(using).bulk_update(found, ["results"])
+        PurgeRequest.objects.using(using).bulk_update(found, ["results", "tier_missed"])
         rows.filter(status=PurgeRequest.Status.FAILED).update(
             status=PurgeRequest.Status.PENDING, updated=timezone.now()
         )

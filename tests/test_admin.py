@@ -275,3 +275,20 @@ def test_retry_is_absent_without_the_permission(log: dict[str, PurgeRequest]) ->
 
     assert "retry" not in actions(client, LOG)
     assert TOKEN not in client.get(f"{LOG}{log['failed'].pk}/change/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_action_says_purged_when_the_purge_already_finished(
+    settings: Any, shop: tuple[Category, list[Product]]
+) -> None:
+    """Outside a transaction the purge is delivered inline before the message is written: the
+    message says what happened, not "enqueued"."""
+    settings.TIERCACHE = {**settings.TIERCACHE, "PURGE_ASYNC": False, "PURGERS": {"edge": LOCMEM}}
+    client = login(user("root", superuser=True), csrf=False)
+    response = client.post(
+        CATEGORIES, {"action": ACTION, "_selected_action": [str(shop[0].pk)]}, follow=True
+    )
+    page = response.content.decode()
+    assert "1 object, 2 keys purged" in page
+    assert "(done)" in page
+    assert PurgeRequest.objects.get().status == PurgeRequest.Status.DONE

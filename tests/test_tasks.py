@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ from celery.signals import before_task_publish, task_retry
 from django.conf import settings as django_settings
 from django.db import transaction
 from django.test import override_settings
+from django.utils import timezone
 
+from django_tiercache.edge.outbox import REDRIVE_BACKOFF_MAX
 from django_tiercache.edge.tasks import (
     MAX_RETRIES,
     RETRY_BACKOFF,
@@ -208,6 +211,10 @@ def test_attempts_are_bounded_then_the_redrive_delivers(
 
     api.remove(down)
     api.add_callback(responses.POST, CLOUDFLARE, callback=cloudflare_ok)
+    # The redrive backs off after failed deliveries: 60 s doubling per attempt, at most an hour.
+    assert row.next_attempt == row.updated + timedelta(seconds=REDRIVE_BACKOFF_MAX)
+    assert redrive_outbox.delay(older_than=0).get() == 0
+    PurgeRequest.objects.update(next_attempt=timezone.now())  # the backoff has passed
     assert redrive_outbox.delay(older_than=0).get() == 1
     row.refresh_from_db()
     assert row.status == PurgeRequest.Status.DONE

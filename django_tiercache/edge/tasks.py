@@ -34,6 +34,8 @@ MAX_RETRIES = 8
 #: Exponential backoff of retries without a ``Retry-After``: 2, 4, 8… seconds (full jitter).
 RETRY_BACKOFF = 2
 RETRY_BACKOFF_MAX = 600
+#: Most delivery tasks one run of ``redrive_outbox`` enqueues (each of ``outbox.REDRIVE_CHUNK``).
+REDRIVE_CHUNKS_PER_RUN = 20
 
 
 class PurgeNotFinished(Exception):
@@ -88,15 +90,21 @@ def deliver_outbox(
 def redrive_outbox(
     older_than: float = 60, using: str = "default", include_failed: bool = False
 ) -> int:
-    """Enqueue again every pending outbox row older than ``older_than`` seconds.
+    """Enqueue deliveries of the pending rows older than ``older_than`` seconds whose backoff has
+    passed (``PurgeRequest.next_attempt``); the number of rows.
 
-    Failed rows (refused for good, e.g. a revoked token) are left to an operator unless
+    One task per ``outbox.REDRIVE_CHUNK`` rows, at most ``REDRIVE_CHUNKS_PER_RUN`` tasks per run:
+    a backlog drains over several runs, oldest first, each message small. The rows enqueued are
+    left alone for ``outbox.REDRIVE_BACKOFF`` seconds so the next run does not enqueue them
+    again. Failed rows (refused for good, e.g. a revoked token) are left to an operator unless
     ``include_failed``: resending them every minute would only repeat the refusal.
     """
-    row_ids = outbox.stale_rows(older_than, using, include_failed=include_failed)
-    if row_ids:
+    limit = outbox.REDRIVE_CHUNK * REDRIVE_CHUNKS_PER_RUN
+    row_ids = outbox.stale_rows(older_than, using, include_failed=include_failed, limit=limit)
+    outbox.postpone(row_ids, using)
+    for start in range(0, len(row_ids), outbox.REDRIVE_CHUNK):
         deliver_outbox.apply_async(
-            (row_ids, using),
+            (row_ids[start : start + outbox.REDRIVE_CHUNK], using),
             {"include_failed": include_failed},
             retry=True,
             retry_policy=PUBLISH_RETRY_POLICY,

@@ -22,7 +22,7 @@ from django.db import DEFAULT_DB_ALIAS, models
 from django_tiercache import invalidation, manual
 from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import outbox
-from django_tiercache.edge.purgers import BasePurger, get_purgers
+from django_tiercache.edge.purgers import BasePurger, PurgeResult, get_purgers
 from django_tiercache.edge.purgers.cloudflare import CloudflarePurger
 from django_tiercache.edge.purgers.fastly import FastlyPurger
 from django_tiercache.edge.purgers.varnish import VarnishPurger
@@ -95,14 +95,20 @@ class Command(BaseCommand):
         parser.add_argument(
             "--redrive",
             action="store_true",
-            help="Send pending and failed purge requests again.",
+            help="Send pending and failed purge requests again, now (whatever their backoff).",
+        )
+        parser.add_argument(
+            "--prune",
+            action="store_true",
+            help="Delete done purge requests created more than --older-than seconds ago.",
         )
         parser.add_argument(
             "--older-than",
             type=float,
-            default=60.0,
+            default=None,
             metavar="SECONDS",
-            help="With --redrive: only requests created at least this long ago (default 60).",
+            help="With --redrive: only requests created at least this long ago (default 60). "
+            "With --prune (required): e.g. 604800 for a week.",
         )
         parser.add_argument(
             "--database", default=DEFAULT_DB_ALIAS, help="Database of the purge outbox."
@@ -111,6 +117,13 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         purgers = self.select_purgers(options["backends"])
         targets = options["keys"] or options["models"] or options["objects"]
+        if options["prune"]:
+            if targets or options["purge_all"] or options["redrive"]:
+                raise usage_error("--prune takes no keys, --model, --object, --all or --redrive.")
+            self.prune(options)
+            return
+        if options["older_than"] is not None and not options["redrive"]:
+            raise usage_error("--older-than goes with --redrive or --prune.")
         if options["redrive"]:
             if targets or options["purge_all"]:
                 raise usage_error("--redrive takes no keys, --model, --object or --all.")
@@ -134,10 +147,9 @@ class Command(BaseCommand):
             using=using,
             dispatch=not options["sync"],
         )
-        if options["sync"]:
-            outbox.deliver([row.pk], using, backends=list(purgers))
+        sent = outbox.deliver([row.pk], using, backends=list(purgers)) if options["sync"] else {}
         row.refresh_from_db()
-        self.report([row], list(get_purgers()))
+        self.report([row], list(get_purgers()), sent)
 
     # -- arguments ------------------------------------------------------------------------------
 
@@ -219,7 +231,7 @@ class Command(BaseCommand):
             prefix = tiercache_settings.KEY_PREFIX
             self.stdout.write(f"query: would drop every entry under the prefix {prefix!r}")
         else:
-            self.stdout.write(f"query: would bump the versions of {len(keys)} key(s)")
+            self.stdout.write(f"query: would bump the versions of {count(len(keys), 'key')}")
         self.plan(purgers, keys, purge_all=purge_all)
 
     def plan(self, purgers: dict[str, BasePurger], keys: set[str], *, purge_all: bool) -> None:
@@ -234,7 +246,8 @@ class Command(BaseCommand):
                 continue
             batches = list(purger.batches(keys))
             self.stdout.write(
-                f"{name} ({kind}): {len(keys)} key(s) in {len(batches)} batch(es) of at most "
+                f"{name} ({kind}): {count(len(keys), 'key')} in "
+                f"{count(len(batches), 'batch', 'batches')} of at most "
                 f"{purger.max_keys_per_request}"
             )
             for number, batch in enumerate(batches, 1):
@@ -251,16 +264,21 @@ class Command(BaseCommand):
                 "--redrive with --backend needs --sync (the enqueued task purges "
                 "at every purger that has not succeeded yet)."
             )
-        row_ids = outbox.stale_rows(options["older_than"], using)
+        older_than = 60.0 if options["older_than"] is None else options["older_than"]
+        row_ids = outbox.stale_rows(
+            older_than, using, include_failed=True, limit=None, ignore_backoff=True
+        )
         if not row_ids:
             self.stdout.write(
                 f"Nothing to redrive: no pending or failed purge request older than "
-                f"{options['older_than']:g}s."
+                f"{older_than:g}s."
             )
             return
         rows = list(PurgeRequest.objects.using(using).filter(pk__in=row_ids).order_by("created"))
         if options["dry_run"]:
-            self.stdout.write(f"Dry run: nothing is sent. {len(rows)} request(s) to redrive:")
+            self.stdout.write(
+                f"Dry run: nothing is sent. {count(len(rows), 'request')} to redrive:"
+            )
             for row in rows:
                 self.stdout.write(f"  {row} attempts={row.attempts}")
             for name, purger in purgers.items():
@@ -274,17 +292,41 @@ class Command(BaseCommand):
                     purge_all=any(row.purge_all for row in todo),
                 )
             return
+        sent: dict[str, PurgeResult] = {}
         if options["sync"]:
-            outbox.deliver(row_ids, using, backends=list(purgers), include_failed=True)
+            for start in range(0, len(row_ids), outbox.REDRIVE_CHUNK):
+                chunk = row_ids[start : start + outbox.REDRIVE_CHUNK]
+                outcome = outbox.deliver(chunk, using, backends=list(purgers), include_failed=True)
+                for name, result in outcome.items():
+                    sent[name] = PurgeResult.merge([*filter(None, [sent.get(name)]), result])
         else:
             manual.retry(row_ids, using)
         rows = list(PurgeRequest.objects.using(using).filter(pk__in=row_ids).order_by("created"))
-        self.report(rows, list(purgers))
+        self.report(rows, list(purgers), sent)
+
+    def prune(self, options: dict[str, Any]) -> None:
+        if options["older_than"] is None:
+            raise usage_error("--prune needs --older-than SECONDS, e.g. 604800 for a week.")
+        deleted = outbox.prune(options["older_than"], options["database"])
+        self.stdout.write(
+            f"Pruned {count(deleted, 'done purge request')} created more than "
+            f"{options['older_than']:g}s ago; pending and failed requests are kept."
+        )
 
     # -- report ---------------------------------------------------------------------------------
 
-    def report(self, rows: Sequence[PurgeRequest], purgers: Sequence[str]) -> None:
-        """One line per tier, then the requests' status; exit status 1 when a tier failed."""
+    def report(
+        self,
+        rows: Sequence[PurgeRequest],
+        purgers: Sequence[str],
+        sent: dict[str, PurgeResult] | None = None,
+    ) -> None:
+        """One line per tier, then the requests' status; exit status 1 when a tier failed.
+
+        ``sent`` holds what each purger was sent now (``--sync``): the keys it purged are counted
+        from it, not from the rows (a redrive sends only the keys a purger still lacked).
+        """
+        sent = sent or {}
         purge_all = any(row.purge_all for row in rows)
         failures: list[str] = []
         for tier in invalidation.tier_names():  # the query tier
@@ -294,26 +336,28 @@ class Command(BaseCommand):
                 ok_text = (
                     "ok, every entry dropped"
                     if purge_all
-                    else f"ok, versions of {keys} key(s) bumped"
+                    else f"ok, versions of {count(keys, 'key')} bumped"
                 )
                 failures += self.tier_line(tier, outcomes, ok_text)
         if not purgers:
             self.stdout.write("No edge purger configured: only the query tier was purged.")
         for name in purgers:
             outcomes = [row.results.get(name) for row in rows]
-            done = [o for o in outcomes if o and o.get("ok") and not o.get(manual.SKIPPED)]
-            ok_text = (
-                "ok, everything purged"
-                if purge_all
-                else f"ok, {sum(int(o.get('keys') or 0) for o in done)} key(s) purged"
-            )
+            if purge_all:
+                ok_text = "ok, everything purged"
+            elif name in sent:
+                ok_text = f"ok, {count(len(sent[name].keys), 'key')} purged"
+            elif len(rows) == 1:  # delivered by the dispatcher: every key of the row
+                ok_text = f"ok, {count(len(rows[0].keys), 'key')} purged"
+            else:
+                ok_text = "ok, every key of these requests purged"
             failures += self.tier_line(name, outcomes, ok_text)
         if len(rows) == 1:
             self.stdout.write(f"PurgeRequest #{rows[0].pk}: {rows[0].status}")
         else:
             counts = {status: sum(row.status == status for row in rows) for status in STATUSES}
             summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
-            self.stdout.write(f"{len(rows)} purge requests: {summary}")
+            self.stdout.write(f"{count(len(rows), 'purge request')}: {summary}")
         if failures:
             raise CommandError(f"Purge failed at: {', '.join(failures)}.")
 
@@ -325,7 +369,11 @@ class Command(BaseCommand):
         if failed:
             errors = "; ".join(dict.fromkeys(redact(str(o.get("error") or "")) for o in failed))
             later = all(o.get("retryable", True) for o in failed)
-            hint = "will be retried" if later else "refused; fix it, then run --redrive"
+            hint = (
+                "transient; pending for the next redrive"
+                if later
+                else "refused; fix the cause, then run --redrive"
+            )
             self.stdout.write(self.style.ERROR(f"{name}: FAILED ({hint}): {errors}"))
             return [name]
         if outcomes and all(o and o.get(manual.SKIPPED) for o in outcomes):
@@ -338,6 +386,11 @@ class Command(BaseCommand):
 
 
 STATUSES = tuple(PurgeRequest.Status.values)
+
+
+def count(number: int, singular: str, plural: str | None = None) -> str:
+    """``"1 key"``, ``"2 keys"``."""
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
 def api_calls(purger: BasePurger, keys: list[str] | None) -> list[str]:
