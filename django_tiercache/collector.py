@@ -20,6 +20,8 @@ class RequestScope:
     keys: set[str] = field(default_factory=set)
     hits: int = 0
     misses: int = 0
+    #: Why the response read data no key can purge (it must not be edge-cached), or "".
+    unpurgeable: str = ""
 
 
 _scope: ContextVar[RequestScope | None] = ContextVar("tiercache_request_scope", default=None)

@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", action="append", help="a Django test module (default: all)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per mode")
     parser.add_argument(
+        "--break-invalidation",
+        action="store_true",
+        help="invalidation a no-op in the cached modes: shows that the suite sees stale results",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 on any wrong result or library error"
     )
     args = parser.parse_args(argv)
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         *(POSTGRES_MODULES if _database() == "postgres" else ()),
     ]
     tests = django_tests()
+    if args.break_invalidation:
+        os.environ["DJANGOSUITE_BREAK_INVALIDATION"] = "1"
     results = {}
     for mode in ["baseline", *(args.mode or cached_modes)]:
         started = time.monotonic()

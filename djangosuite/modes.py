@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,10 @@ def install(mode: str) -> None:
     if mode == "baseline":
         return
     _cache_every_queryset()
+    if os.environ.get("DJANGOSUITE_BREAK_INVALIDATION"):  # proves the suite can see staleness
+        from django_tiercache.query import QueryResults
+
+        QueryResults.invalidate = lambda self, keys: None  # type: ignore[method-assign]
     if mode == "transactions":
         return
     _hide_testcase_transactions()

@@ -41,3 +41,13 @@ def purgers(settings: Any) -> list[locmem.PurgeCall]:
     """A locmem purger configured; returns its list of calls."""
     settings.TIERCACHE = {**settings.TIERCACHE, "PURGERS": LOCMEM_PURGERS}
     return locmem.calls
+
+
+@pytest.fixture(autouse=True)
+def _invalidation_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TIERCACHE_TEST_BREAK_INVALIDATION=1`` turns query-tier invalidation into a no-op: the
+    freshness tests must then fail (that is how to prove they can)."""
+    if os.environ.get("TIERCACHE_TEST_BREAK_INVALIDATION"):
+        from django_tiercache.query import QueryResults
+
+        monkeypatch.setattr(QueryResults, "invalidate", lambda self, keys: None)

@@ -12,7 +12,7 @@ from django.db.models import Count, Prefetch, Sum
 from django.test.utils import CaptureQueriesContext
 
 from django_tiercache import collector, invalidate, stats
-from django_tiercache.query import query_results
+from django_tiercache.query import CachedQuerySet, TierCacheManager, query_results
 from tests.testapp.models import Category, Product, Review, SpecialProduct, Tag, Untracked
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -142,18 +142,23 @@ def test_fresh_after_every_change(shop: dict[str, Any], name: str, change: str) 
 
 
 class query_tier_off:  # a context manager, named like one
-    """Evaluate without the query tier: querysets made inside skip ``.cached()``."""
+    """Evaluate without the query tier: ``.cached()`` on a manager or a queryset made inside
+    returns the queryset uncached, so the result comes from the database."""
 
     def __enter__(self) -> None:
-        from django_tiercache.query import CachedQuerySet
-
-        self._original = CachedQuerySet.cached
-        CachedQuerySet.cached = lambda self, *args, **kwargs: self.uncached()  # type: ignore[method-assign]
+        self._originals = (CachedQuerySet.cached, TierCacheManager.cached)
+        off = lambda self, *args, **kwargs: self.all().uncached()  # noqa: E731
+        CachedQuerySet.cached = TierCacheManager.cached = off  # type: ignore[method-assign]
 
     def __exit__(self, *exc: Any) -> None:
-        from django_tiercache.query import CachedQuerySet
+        CachedQuerySet.cached, TierCacheManager.cached = self._originals  # type: ignore[method-assign]
 
-        CachedQuerySet.cached = self._original  # type: ignore[method-assign]
+
+def test_query_tier_off_reads_the_database(shop: dict[str, Any]) -> None:
+    read = lambda: list(Product.objects.cached().order_by("pk"))  # noqa: E731
+    read()
+    with query_tier_off():
+        assert db_queries(read)[1] == 1
 
 
 def test_cached_none_and_empty_results_are_hits(shop: dict[str, Any]) -> None:

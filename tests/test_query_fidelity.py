@@ -11,10 +11,14 @@ from django.core.exceptions import FieldDoesNotExist, FieldError
 from django.db import connection, transaction
 from django.db.migrations.state import ProjectState
 from django.db.models import Prefetch, Sum
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
 
+from django_tiercache.http.decorators import origin_cache
+from django_tiercache.http.middleware import TierCacheMiddleware
 from django_tiercache.query import CachedQuerySet
 from tests.test_query import db_queries
-from tests.testapp.models import Category, Product, Tag
+from tests.testapp.models import Category, Product, Tag, Untracked
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,3 +122,40 @@ def test_get_keeps_the_ordering_of_distinct_on(pens: Category) -> None:
     expected = Product.objects.distinct("name").order_by("name", "-price").get(name="pen1")
     cached = Product.objects.cached().distinct("name").order_by("name", "-price").get(name="pen1")
     assert (cached.pk, cached.price) == (expected.pk, expected.price) == (expected.pk, 9)
+
+
+def _origin_response(read: Any) -> Any:
+    """The response of an ``origin_cache`` view that runs ``read()`` inside a transaction."""
+
+    @origin_cache(60)
+    def page(request: HttpRequest) -> HttpResponse:
+        with transaction.atomic():
+            return HttpResponse(str(read()))
+
+    return TierCacheMiddleware(page)(RequestFactory().get("/"))
+
+
+def _written_then_read(pens: Category) -> int:
+    Product.objects.filter(category=pens).update(price=5)  # pending in this transaction
+    return Product.objects.cached().filter(category=pens).count()
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        _written_then_read,
+        lambda pens: list(Product.objects.cached().select_for_update().filter(category=pens)),
+    ],
+    ids=["own write", "select_for_update"],
+)
+def test_a_read_that_bypasses_the_cache_still_tags_the_response(pens: Category, read: Any) -> None:
+    response = _origin_response(lambda: read(pens))
+    assert "public" in response["Cache-Control"]
+    assert "testapp.product" in response["Surrogate-Key"].split()
+
+
+def test_a_read_no_key_can_purge_keeps_the_response_off_the_edge(pens: Category) -> None:
+    Product.objects.update(supplier=Untracked.objects.create(name="s"))
+    response = _origin_response(lambda: list(Product.objects.cached().filter(supplier__name="s")))
+    assert "public" not in response["Cache-Control"]
+    assert "Surrogate-Key" not in response

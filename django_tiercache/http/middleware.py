@@ -241,7 +241,9 @@ class TierCacheMiddleware:
                 keys.update(policy.keys)
             ordered = sorted(keys)
             spaced = " ".join(ordered)  # the Surrogate-Key value; its length is key_header_bytes
-            if len(spaced) > options.max_key_header_bytes:
+            if scope is not None and scope.unpurgeable:
+                why_not = scope.unpurgeable
+            elif len(spaced) > options.max_key_header_bytes:
                 fitting = self._fit_keys(request, policy, keys, options)
                 if fitting is None:
                     why_not = "its keys do not fit MAX_KEY_HEADER_BYTES"

@@ -24,7 +24,7 @@ from django.db.models.query import (
 )
 from django.db.models.sql.query import Query
 
-from django_tiercache import stats
+from django_tiercache import collector, stats
 from django_tiercache.invalidation import collect, has_pending_keys, pending_keys
 from django_tiercache.keys import normalize_keys, table_keys
 from django_tiercache.query import lazy, planner
@@ -246,17 +246,15 @@ class CachedQuerySet(QuerySet[_M]):
     def _through_tier(self, kind: str, compute: Callable[[], Any], *shape: Any) -> Any:
         options = self._tiercache
         assert options is not None
-        if self._query.select_for_update:
-            stats.incr("query_bypasses")
-            return compute()
         db = self.db
         query_plan = self._plan(kind, db, shape)
-        if not query_plan.cacheable:
-            _warn_once(self.model, query_plan.reason)
-            stats.incr("query_bypasses")
-            return compute()
-        if has_pending_keys() and pending_keys(connections[db]) & query_plan.depends_on:
-            stats.incr("query_bypasses")  # read your own uncommitted writes
+        if (
+            self._query.select_for_update
+            or not query_plan.cacheable
+            # read your own uncommitted writes
+            or (has_pending_keys() and pending_keys(connections[db]) & query_plan.depends_on)
+        ):
+            _bypassed(self.model, query_plan)
             return compute()
         seen: set[str] = set()
 
@@ -445,6 +443,20 @@ def _may_store(connection: BaseDatabaseWrapper) -> bool:
         return False
     level = connection.settings_dict.get("OPTIONS", {}).get("isolation_level")
     return level in (None, 1)  # psycopg IsolationLevel.READ_COMMITTED == 1
+
+
+def _bypassed(model: type[models.Model], query_plan: planner.Plan) -> None:
+    """A read from the database: the response still depends on what it read. Its keys go to the
+    request; one that read untracked tables cannot be purged, so it is marked not edge-cacheable.
+    """
+    stats.incr("query_bypasses")
+    scope = collector.current()
+    if scope is not None:
+        scope.keys.update(query_plan.tags)
+        if not query_plan.cacheable:
+            scope.unpurgeable = f"a {model._meta.label} query {query_plan.reason}"
+    if not query_plan.cacheable:
+        _warn_once(model, query_plan.reason)
 
 
 _warned: set[tuple[str, str]] = set()
