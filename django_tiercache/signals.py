@@ -159,20 +159,13 @@ def _m2m_field(
     raise LookupError(f"No many-to-many field of {owner._meta.label} uses {sender._meta.label}")
 
 
-def _cleared_pks(
-    sender: type[models.Model],
-    instance: models.Model,
-    reverse: bool,
-    model: type[models.Model],
-    using: str,
-) -> Iterable[Any]:
-    """Primary keys on the other side of a relation that is about to be cleared."""
+def _ends(
+    sender: type[models.Model], instance: models.Model, reverse: bool, model: type[models.Model]
+) -> tuple[str, str]:
+    """The through model's foreign keys to ``instance``'s side and to ``model``'s side."""
     field = _m2m_field(sender, model if reverse else type(instance))
     source, target = field.m2m_field_name(), field.m2m_reverse_field_name()
-    if reverse:
-        source, target = target, source
-    rows = sender._base_manager.using(using).filter(**{source: instance.pk})
-    return rows.values_list(target, flat=True)
+    return (target, source) if reverse else (source, target)
 
 
 def _on_m2m_changed(
@@ -194,11 +187,15 @@ def _on_m2m_changed(
     if own:
         keys |= instance_keys(instance)
     if other:
-        pks = (
-            list(_cleared_pks(sender, instance, reverse, model, using))
-            if action == "pre_clear"
-            else list(pk_set or ())
-        )
-        for related in model._base_manager.using(using).filter(pk__in=pks):
-            keys |= instance_keys(related)
+        source, target = _ends(sender, instance, reverse, model)
+        # pk_set holds the values the through rows store: the primary keys of ``model``, or
+        # the field its foreign key names with to_field.
+        values: Iterable[Any] = pk_set or ()
+        if action == "pre_clear":
+            rows = sender._base_manager.using(using).filter(**{source: instance})
+            values = rows.values_list(target, flat=True)
+        referenced = sender._meta.get_field(target).target_field.name  # type: ignore[union-attr]
+        related = model._base_manager.using(using).filter(**{f"{referenced}__in": list(values)})
+        for row in related:
+            keys |= instance_keys(row)
     collect(keys, using)
