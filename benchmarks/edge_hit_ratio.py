@@ -134,7 +134,6 @@ def _configure(workdir: Path) -> None:
     os.environ["SHOP_DEBUG"] = "0"
     import django
     from django.conf import settings
-
     from shop_site import settings as shop
 
     values = {name: getattr(shop, name) for name in dir(shop) if name.isupper()}
@@ -151,7 +150,6 @@ def _configure(workdir: Path) -> None:
 def _seed(rng: random.Random, products: int, categories: int) -> None:
     from django.core.management import call_command
     from django.db import transaction
-
     from shop.models import Category, Product, Review, Tag
 
     call_command("migrate", verbosity=0)
@@ -249,8 +247,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         from django.conf import settings
         from django.test import override_settings
 
-        from tests.varnish_support import TOKEN, find_varnishd, find_xkey_vmod_dir, start_varnish
-        from tests.varnish_support import VarnishBinary
+        from tests.varnish_support import (
+            TOKEN,
+            VarnishBinary,
+            find_varnishd,
+            find_xkey_vmod_dir,
+            start_varnish,
+        )
 
         rng = random.Random(args.seed)
         _seed(rng, args.products, args.categories)
@@ -269,10 +272,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, rng: random.Random, varnish: Any) -> dict[str, Any]:
-    from django_tiercache import invalidate
     from shop.models import Category, Product
 
-    categories = [f"/categories/{slug}/" for slug in Category.objects.values_list("slug", flat=True)]
+    from django_tiercache import invalidate
+
+    categories = [
+        f"/categories/{slug}/" for slug in Category.objects.values_list("slug", flat=True)
+    ]
     product_ids = list(Product.objects.values_list("pk", flat=True))
     products = [f"/products/{pk}/" for pk in product_ids]
     rng.shuffle(categories)
@@ -329,7 +335,7 @@ def _write(
     per_save["keys"] += Counters.keys
 
 
-# -- the parent: every policy, then the table -------------------------------------------------------
+# -- the parent: every policy, then the table ------------------------------------------------------
 
 
 def _varnish_missing() -> str | None:
@@ -357,9 +363,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     for result in results:
         ratio = result["hits"] / result["reads"]
-        gap = (
-            f"{(ratio - ideal['hits'] / ideal['reads']) * 100:+.2f} points" if ideal else "–"
-        )
+        gap = f"{(ratio - ideal['hits'] / ideal['reads']) * 100:+.2f} points" if ideal else "–"
         lines.append(
             f"| {result['mode']} | {ratio:.2%} | {gap} | {result['purged']:.2f} "
             f"| {result['keys']:.2f} | {result['api_calls']:.2f} | {result['saves']} "

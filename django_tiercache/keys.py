@@ -1,9 +1,11 @@
 """The surrogate-key vocabulary shared by every tier.
 
 A table key is the concrete model's ``label_lower`` (``shop.product``); an object key adds the
-primary key (``shop.product:42``). Every key that reaches Redis, a response header or a purge call
-goes through :func:`normalize_key`, so the three always agree. Which models are tracked, and the
-keys a change to an instance invalidates, is decided in :mod:`django_tiercache.signals`.
+primary key (``shop.product:42``); a scope key names the rows whose field has one value
+(``shop.product?category_id=3``, see :func:`scope_key`). Every key that reaches Redis, a response
+header or a purge call goes through :func:`normalize_key`, so the three always agree. Which
+models are tracked, and the keys a change to an instance invalidates, is decided in
+:mod:`django_tiercache.signals`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import operator
 import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.fields import NOT_PROVIDED
 
 __all__ = [
     "KeyFactory",
@@ -25,6 +30,7 @@ __all__ = [
     "normalize_keys",
     "object_key",
     "object_keys",
+    "scope_key",
     "table_key",
     "table_keys",
 ]
@@ -103,10 +109,149 @@ def object_key(model: type[models.Model] | models.Model, pk: Any) -> str:
 
 def object_keys(instance: models.Model) -> list[str]:
     """The object keys of ``instance``: its own and, with multi-table inheritance, its parents'."""
-    concrete = concrete_model(instance)
-    return [object_key(concrete, instance.pk)] + [
-        object_key(parent, instance.pk) for parent in concrete._meta.get_parent_list()
+    return row_keys(type(instance), instance.pk)
+
+
+def row_keys(model: type[models.Model], pk: Any) -> list[str]:
+    """The object keys of the row ``pk`` of ``model`` (its parents' too), without an instance."""
+    concrete = concrete_model(model)
+    return [object_key(concrete, pk)] + [
+        object_key(parent, pk) for parent in concrete._meta.get_parent_list()
     ]
+
+
+# -- scope keys ---------------------------------------------------------------------------------
+
+#: Between a table key and a scope: ``shop.product?category_id=3``. A model label never holds it,
+#: and in an object key it can only come after the ``:``.
+SCOPE_SEPARATOR = "?"
+#: How a scope key writes SQL NULL: ``shop.product?supplier_id=null``. A text field holding the
+#: string "null" shares the key, which only means both are invalidated together.
+NULL = "null"
+#: Field classes whose equality is text equality (no collation, no padding) on these databases.
+_TEXT_FIELDS = (models.CharField, models.SlugField, models.EmailField)
+TEXT_EXACT_VENDORS = frozenset({"postgresql", "sqlite"})
+_SAFE_ON_DELETE = (
+    models.CASCADE,
+    models.PROTECT,
+    models.RESTRICT,
+    models.SET_NULL,
+    models.SET_DEFAULT,
+    models.DO_NOTHING,
+)
+
+ScopeKind = Literal["exact", "text"]
+
+
+def scope_kind(field: Any) -> ScopeKind | None:
+    """Whether rows of ``field``'s model get scope keys for it, and how equal values compare.
+
+    ``"exact"``: integers, booleans and UUIDs, equal in SQL exactly when equal in Python.
+    ``"text"``: char and slug fields without a collation of their own, whose SQL equality is
+    Python's on PostgreSQL and SQLite only (see :data:`TEXT_EXACT_VENDORS`). A foreign key
+    compares as its target field. None for everything else (the table key covers it): primary
+    keys (object keys do), values the database computes, decimals, floats, dates, JSON...
+    """
+    if not getattr(field, "concrete", False) or field.primary_key or field.generated:
+        return None
+    if getattr(field, "db_default", NOT_PROVIDED) is not NOT_PROVIDED:
+        return None
+    if field.is_relation:
+        if not (field.many_to_one or field.one_to_one):
+            return None
+        if field.remote_field.on_delete not in _SAFE_ON_DELETE:  # SET(...): value unknown
+            return None
+        return scope_kind_of_target(field.target_field)
+    return scope_kind_of_target(field)
+
+
+def scope_kind_of_target(field: Any) -> ScopeKind | None:
+    if field.is_relation:
+        return scope_kind_of_target(field.target_field)
+    if isinstance(field, models.BooleanField | models.IntegerField | models.UUIDField):
+        return "exact"
+    if type(field) in _TEXT_FIELDS and field.db_collation is None:
+        return "text"
+    return None
+
+
+def scope_value(field: Any, value: Any) -> str | None:
+    """``value`` of ``field`` as a scope key writes it, or None when it cannot be written
+    (an expression, a value the field refuses): the caller must then fall back."""
+    if isinstance(value, models.Model):
+        value = getattr(value, field.target_field.attname, None) if field.is_relation else None
+        if value is None:
+            return None
+    if value is None:
+        return NULL
+    if hasattr(value, "resolve_expression"):
+        return None
+    try:
+        prepared = field.get_prep_value(value)
+    except (TypeError, ValueError, ValidationError):  # not a value this field can hold
+        return None
+    return str(prepared) if isinstance(prepared, bool | int | str | uuid.UUID) else None
+
+
+def scope_key(field: Any, value: str) -> str:
+    """The key of the rows whose ``field`` holds ``value`` (as :func:`scope_value` wrote it).
+
+    ``<table key>?<column attribute>=<value>``, e.g. ``shop.product?category_id=3``, normalised
+    like every key (a long value becomes a digest; two values may share a key, never the reverse).
+    """
+    model = concrete_model(field.model)
+    return normalize_key(f"{model._meta.label_lower}{SCOPE_SEPARATOR}{field.attname}={value}")
+
+
+def scoped_fields(model: type[models.Model]) -> list[Any]:
+    """The concrete fields of ``model`` (parents' included) that have scope keys."""
+    fields = _scoped.get(model)
+    if fields is None:
+        fields = _scoped[model] = [
+            f for f in concrete_model(model)._meta.concrete_fields if scope_kind(f) is not None
+        ]
+    return fields
+
+
+_scoped: dict[type[models.Model], list[Any]] = {}
+
+
+def scope_keys(
+    instance: models.Model, fields: Iterable[Any] | None = None
+) -> tuple[set[str], list[Any]]:
+    """Scope keys of ``instance``'s current values, and the scoped fields whose value is unknown.
+
+    Unknown: deferred, or not writable as a key (an expression still unsaved, a refused value).
+    ``fields`` limits the fields considered (all scoped fields by default).
+    """
+    keys: set[str] = set()
+    unknown: list[Any] = []
+    loaded = vars(instance)
+    for field in scoped_fields(type(instance)) if fields is None else fields:
+        text = scope_value(field, loaded[field.attname]) if field.attname in loaded else None
+        if text is None:
+            unknown.append(field)
+        else:
+            keys.add(scope_key(field, text))
+    return keys, unknown
+
+
+_MODEL_KEY = re.compile(r"([a-z0-9_]+\.[a-z0-9_]+)[:?]")
+
+
+def table_of(key: str) -> str | None:
+    """The table key inside an object or scope key of a model (``shop.product:42`` and
+    ``shop.product?category_id=3`` -> ``shop.product``); None for any other key."""
+    from django.apps import apps
+
+    match = _MODEL_KEY.match(key)
+    if match is None:
+        return None
+    try:
+        apps.get_model(match.group(1))
+    except LookupError:
+        return None
+    return match.group(1)
 
 
 def key_factory(

