@@ -1,7 +1,8 @@
 """Run every benchmark and write their tables to one Markdown file (docs/benchmarks-latest.md).
 
 ``make bench`` runs it from the benchmark's own virtualenv (django-cacheops and django-cachalot
-installed from PyPI beside django-tiercache). Needs this machine's PostgreSQL and Redis.
+installed from PyPI beside django-tiercache). Needs this machine's PostgreSQL and Redis; the edge
+benchmark also needs varnishd and the xkey vmod (it says so and is skipped without them).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main() -> None:
         query = query_table.read_text() if query_table.exists() else "failed"
     http = run(str(HERE / "http_overhead.py"))
     batching = run(str(HERE / "purge_batching.py"))
+    edge = run(str(HERE / "edge_hit_ratio.py")) or (
+        "skipped: varnishd with the xkey vmod not found (apt-get install varnish varnish-modules)"
+    )
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Benchmark results
 
@@ -61,6 +65,10 @@ Written by `make bench` ({when}, Python {platform.python_version()}, {platform.m
 ## Purge batching (`benchmarks/purge_batching.py`)
 
 {batching}
+
+## Edge hit ratio under writes (`benchmarks/edge_hit_ratio.py`: the shop behind Varnish)
+
+{edge}
 """
     args.output.write_text(text)
     print(text)

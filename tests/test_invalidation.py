@@ -313,7 +313,12 @@ def test_tiers_are_called_through_their_handlers_in_order(
     pen.save()
     assert order == ["query", "extra", "edge"]
     assert extra_tier.calls == [
-        {f"testapp.product:{pen.pk}", "testapp.product", f"testapp.category:{pen.category_id}"}
+        {
+            f"testapp.product:{pen.pk}",
+            "testapp.product",
+            f"testapp.category:{pen.category_id}",
+            *product_scopes(pen),
+        }
     ]
 
 
