@@ -113,32 +113,20 @@ def origin_cache(
 
     A key that is not a string raises :class:`TypeError` naming the view.
     """
-    sources = list(keys) if not isinstance(keys, str) else [keys]
+    durations = {
+        "seconds": seconds,
+        "stale_while_revalidate": stale_while_revalidate,
+        "stale_if_error": stale_if_error,
+        "browser_max_age": browser_max_age,
+    }
     vary = tuple(vary_on) if not isinstance(vary_on, str) else (vary_on,)
+    sources = keys if isinstance(keys, str) else list(keys)  # refused per view, by name
 
     def decorator(view: _View) -> _View:
         name = _view_name(view)
-        if isinstance(keys, str):
-            raise TypeError(f"origin_cache on {name}: keys must be a list of keys, not a string")
-        for value, label in (
-            (seconds, "seconds"),
-            (stale_while_revalidate, "stale_while_revalidate"),
-            (stale_if_error, "stale_if_error"),
-            (browser_max_age, "browser_max_age"),
-        ):
+        for label, value in durations.items():
             _non_negative(value, label, name)
-        static: set[str] = set()
-        factories: list[Callable[[HttpRequest, HttpResponseBase], Iterable[str]]] = []
-        for source in sources:
-            if isinstance(source, str):
-                static.add(_normalize(source, name))
-            elif callable(source):
-                factories.append(source)
-            else:
-                raise TypeError(
-                    f"origin_cache on {name}: keys must be strings or callables "
-                    f"(request, response) -> keys, got {type(source).__name__}: {source!r:.100}"
-                )
+        static, factories = _key_sources(sources, name)
         policy = CachePolicy(
             kind="origin",
             view_name=name,
@@ -149,26 +137,57 @@ def origin_cache(
             keys=frozenset(static),
             vary_on=vary,
         )
-        warned = False
-
-        def after(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-            nonlocal warned
-            if collector.current() is None and not warned:
-                warned = True
-                logger.warning(
-                    "origin_cache on %s has no effect: TierCacheMiddleware is not in MIDDLEWARE.",
-                    name,
-                )
-            if factories:
-                found = _call_factories(factories, request, response, name)
-                _record(response, replace(policy, keys=policy.keys | found))
-            else:
-                _record(response, policy)
-            return response
-
-        return _wrap(view, after)
+        return _wrap(view, _OriginRecorder(policy, factories))
 
     return decorator
+
+
+KeyCallable: TypeAlias = Callable[[HttpRequest, HttpResponseBase], Iterable[str]]
+
+
+def _key_sources(keys: Iterable[KeySource], view_name: str) -> tuple[set[str], list[KeyCallable]]:
+    """``origin_cache``'s ``keys`` split into normalised fixed keys and key callables."""
+    if isinstance(keys, str):
+        raise TypeError(f"origin_cache on {view_name}: keys must be a list of keys, not a string")
+    static: set[str] = set()
+    factories: list[KeyCallable] = []
+    for source in keys:
+        if isinstance(source, str):
+            static.add(_normalize(source, view_name))
+        elif callable(source):
+            factories.append(source)
+        else:
+            raise TypeError(
+                f"origin_cache on {view_name}: keys must be strings or callables "
+                f"(request, response) -> keys, got {type(source).__name__}: {source!r:.100}"
+            )
+    return static, factories
+
+
+class _OriginRecorder:
+    """Records an ``origin_cache`` view's policy on each of its responses, with the keys its key
+    callables give for that response; warns once when no middleware will read it."""
+
+    __slots__ = ("factories", "policy", "warned")
+
+    def __init__(self, policy: CachePolicy, factories: list[KeyCallable]) -> None:
+        self.policy = policy
+        self.factories = factories
+        self.warned = False
+
+    def __call__(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        policy = self.policy
+        if collector.current() is None and not self.warned:
+            self.warned = True
+            logger.warning(
+                "origin_cache on %s has no effect: TierCacheMiddleware is not in MIDDLEWARE.",
+                policy.view_name,
+            )
+        if self.factories:
+            found = _call_factories(self.factories, request, response, policy.view_name)
+            policy = replace(policy, keys=policy.keys | found)
+        _record(response, policy)
+        return response
 
 
 def _normalize(key: Any, view_name: str) -> str:
@@ -184,7 +203,7 @@ def _normalize(key: Any, view_name: str) -> str:
 
 
 def _call_factories(
-    factories: list[Callable[[HttpRequest, HttpResponseBase], Iterable[str]]],
+    factories: list[KeyCallable],
     request: HttpRequest,
     response: HttpResponseBase,
     view_name: str,

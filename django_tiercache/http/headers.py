@@ -9,33 +9,35 @@ edge-cached: a truncated key list would leave pages that no purge reaches.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from django.apps import apps
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
-from django.utils.cache import patch_cache_control, patch_vary_headers
-from django.utils.functional import LazyObject, empty
+from django.utils.cache import patch_cache_control, patch_vary_headers, set_response_etag
+from django.utils.functional import LazyObject
 
 __all__ = [
     "EDGE_HEADERS",
     "KEY_HEADERS",
     "SETS_COOKIE",
+    "SHARED_DIRECTIVES",
+    "EdgeValues",
     "add_vary",
     "cache_control_directives",
     "collapse_object_keys",
+    "edge_values",
     "fit_keys",
-    "format_cache_tag",
-    "format_surrogate_key",
     "key_header_bytes",
     "make_private",
-    "set_weak_etag",
+    "resolve_key_headers",
+    "session_accessed",
+    "set_etag",
     "strip_edge_headers",
     "surrogate_control",
     "user_specific_reason",
+    "write_key_headers",
 ]
 
 #: Key headers by lower-case setting value: (header name, separator).
@@ -48,48 +50,8 @@ KEY_HEADERS: dict[str, tuple[str, str]] = {
 EDGE_HEADERS = ("Surrogate-Control", "Surrogate-Key", "Cache-Tag", "xkey")
 #: :func:`user_specific_reason` for a response that sets a cookie.
 SETS_COOKIE = "it sets a cookie"
-# How django.utils.cache splits Cache-Control and Vary.
-_DELIMITER = re.compile(r"\s*,\s*")
-# Cache-Control directives that let a shared cache store the response.
-_SHARED_DIRECTIVES = frozenset({"public", "s-maxage"})
-_EDGE_HEADERS_LOWER = tuple(header.lower() for header in EDGE_HEADERS)
-# Copied for each ETag: ``hashlib.sha256()`` looks the algorithm up in OpenSSL every time, which
-# costs a few µs per request once a view has pushed that code out of the CPU caches.
-_SHA256 = hashlib.sha256()
-
-
-# The middleware runs on every request, so header reads and writes below go through the
-# dict behind ``response.headers`` (Django's ``ResponseHeaders._store``: ``{lower-case name:
-# (name, value)}``): a membership test on the mapping itself costs a raised and caught KeyError
-# when the header is missing, and every write re-validates the name. Results are identical.
-
-
-def _is_plain(value: str) -> bool:
-    """Whether ``ResponseHeaders`` would store ``value`` unchanged: ASCII without CR or LF."""
-    return type(value) is str and value.isascii() and "\n" not in value and "\r" not in value
-
-
-def _set_header(response: HttpResponseBase, name: str, value: str) -> None:
-    """``response.headers[name] = value`` for a constant ASCII ``name``, only faster.
-
-    ``ResponseHeaders.__setitem__`` stores a value that encodes to latin-1 and has no CR/LF
-    unchanged: a plain ASCII value is stored directly, anything else takes the validating path
-    (MIME-encoded, or :class:`~django.http.BadHeaderError`).
-    """
-    if _is_plain(value):
-        response.headers._store[name.lower()] = (name, value)
-    else:
-        response.headers[name] = value
-
-
-def format_surrogate_key(keys: Iterable[str]) -> str:
-    """``Surrogate-Key`` / ``xkey`` value: keys sorted, deduplicated, space-separated."""
-    return " ".join(sorted(set(keys)))
-
-
-def format_cache_tag(keys: Iterable[str]) -> str:
-    """``Cache-Tag`` value: keys sorted, deduplicated, comma-separated."""
-    return ",".join(sorted(set(keys)))
+#: Cache-Control directives that let a shared cache store the response.
+SHARED_DIRECTIVES = frozenset({"public", "s-maxage"})
 
 
 def key_header_bytes(keys: Iterable[str]) -> int:
@@ -135,8 +97,8 @@ def surrogate_control(
     return value
 
 
-class _EdgeValues(NamedTuple):
-    """Cache-Control and Surrogate-Control of an edge-cached response (see :func:`_edge_values`)."""
+class EdgeValues(NamedTuple):
+    """Cache-Control and Surrogate-Control of an edge-cached response (see :func:`edge_values`)."""
 
     browser_max_age: int
     edge_max_age: int
@@ -145,58 +107,48 @@ class _EdgeValues(NamedTuple):
     surrogate_control: str
 
 
-def _edge_values(
+def edge_values(
     browser_max_age: int,
     edge_max_age: int,
     stale_while_revalidate: int | None,
     stale_if_error: int | None,
-) -> _EdgeValues:
+) -> EdgeValues:
     """Cache-Control and Surrogate-Control of an edge-cached response; the middleware memoises
     them per policy."""
     cache_control = f"public, max-age={browser_max_age}, s-maxage={edge_max_age}"
     surrogate = surrogate_control(edge_max_age, stale_while_revalidate, stale_if_error)
-    return _EdgeValues(browser_max_age, edge_max_age, cache_control, surrogate)
+    return EdgeValues(browser_max_age, edge_max_age, cache_control, surrogate)
 
 
-def _resolve_key_headers(names: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
-    """``(lower-case header, header, separator)`` of each ``KEY_HEADERS`` name.
-
-    An unknown name raises KeyError.
-    """
-    resolved = []
-    for name in names:
-        header, separator = KEY_HEADERS[name.lower()]
-        resolved.append((header.lower(), header, separator))
-    return tuple(resolved)
+def resolve_key_headers(names: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """``(header, separator)`` of each ``KEY_HEADERS`` name; an unknown name raises KeyError."""
+    return tuple(KEY_HEADERS[name.lower()] for name in names)
 
 
-def _write_key_headers(
+def write_key_headers(
     response: HttpResponseBase,
     ordered: list[str],
     spaced: str,
-    key_headers: Iterable[tuple[str, str, str]],
+    key_headers: Iterable[tuple[str, str]],
 ) -> None:
-    """Write each key header of ``key_headers`` (from :func:`_resolve_key_headers`).
+    """Write each key header of ``key_headers`` (from :func:`resolve_key_headers`).
 
     ``ordered`` are the keys, sorted, deduplicated and fitting ``MAX_KEY_HEADER_BYTES`` (see
     :func:`fit_keys`); ``spaced`` is ``" ".join(ordered)``.
     """
-    # Separators are plain, so every key header is plain when the space-separated one is.
-    plain = _is_plain(spaced)
-    store = response.headers._store
-    for lower, header, separator in key_headers:
-        value = spaced if separator == " " else separator.join(ordered)
-        if plain:
-            store[lower] = (header, value)
-        else:
-            response.headers[header] = value
+    for header, separator in key_headers:
+        response.headers[header] = spaced if separator == " " else separator.join(ordered)
 
 
 def strip_edge_headers(response: HttpResponseBase) -> None:
     """Remove Surrogate-Control and every key header."""
-    store = response.headers._store
-    for header in _EDGE_HEADERS_LOWER:
-        store.pop(header, None)
+    for header in EDGE_HEADERS:
+        response.headers.pop(header, None)
+
+
+def _directives(value: str) -> list[str]:
+    """The directives of a Cache-Control value, as Django's ``patch_cache_control`` splits it."""
+    return [directive.strip() for directive in value.split(",") if directive.strip()]
 
 
 def make_private(response: HttpResponseBase, *, no_store: bool = False) -> None:
@@ -209,8 +161,8 @@ def make_private(response: HttpResponseBase, *, no_store: bool = False) -> None:
     if current:
         kept = [
             directive
-            for directive in _DELIMITER.split(current)
-            if directive.split("=", 1)[0].strip().lower() not in _SHARED_DIRECTIVES
+            for directive in _directives(current)
+            if directive.split("=", 1)[0].strip().lower() not in SHARED_DIRECTIVES
         ]
         response.headers["Cache-Control"] = ", ".join(kept)
     if no_store:
@@ -222,23 +174,24 @@ def make_private(response: HttpResponseBase, *, no_store: bool = False) -> None:
 
 def cache_control_directives(response: HttpResponseBase) -> set[str]:
     """Lower-case directive names of the response's Cache-Control header."""
-    found = response.headers._store.get("cache-control")
-    if found is None or not found[1]:
+    value = response.headers.get("Cache-Control")
+    if not value:
         return set()
-    value = found[1]
-    return {field.split("=", 1)[0].strip().lower() for field in _DELIMITER.split(value)}
+    return {field.split("=", 1)[0].strip().lower() for field in _directives(value)}
 
 
 def _is_authenticated(user: object) -> bool:
-    """Whether ``request.user`` is loaded and authenticated; a lazy user is never loaded."""
-    if isinstance(user, LazyObject):
-        user = vars(user).get("_wrapped", empty)
-        if user is empty:
-            return False
-    return bool(getattr(user, "is_authenticated", False))
+    """Whether ``request.user`` is a loaded, authenticated user; a lazy user is never loaded.
+
+    Django's ``AuthenticationMiddleware`` sets a lazy user that loads itself from the session, so
+    a view that looked at it has read the session, which :func:`user_specific_reason` sees. A
+    lazy user of another kind, loaded without the session or an ``Authorization`` header, is not
+    seen: Django has no public way to tell whether a lazy object was loaded.
+    """
+    return not isinstance(user, LazyObject) and bool(getattr(user, "is_authenticated", False))
 
 
-def _session_accessed(request: HttpRequest) -> bool:
+def session_accessed(request: HttpRequest) -> bool:
     """Whether the request's session (if any) was read or written."""
     session = getattr(request, "session", None)
     return session is not None and bool(getattr(session, "accessed", False))
@@ -251,11 +204,11 @@ def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> st
     the session was read or written, or a user was loaded and is authenticated. The user is
     never loaded here (that would touch the session).
     """
-    if response.cookies or "set-cookie" in response.headers._store:
+    if response.cookies or "Set-Cookie" in response.headers:
         return SETS_COOKIE
     if "HTTP_AUTHORIZATION" in request.META:
         return "the request has an Authorization header"
-    if _session_accessed(request):
+    if session_accessed(request):
         return "the session was accessed"
     user = vars(request).get("user")
     if user is not None and _is_authenticated(user):
@@ -265,28 +218,16 @@ def user_specific_reason(request: HttpRequest, response: HttpResponseBase) -> st
 
 def add_vary(response: HttpResponseBase, headers: Iterable[str]) -> None:
     """Merge ``headers`` into Vary: existing order kept, new ones appended, no duplicates."""
-    if not isinstance(headers, (list, tuple)):
-        headers = list(headers)
-    if len(headers) == 1 and "vary" not in response.headers._store:
-        _set_header(response, "Vary", headers[0])  # patch_vary_headers' result, only faster
-    elif headers:
+    headers = list(headers)
+    if headers:
         patch_vary_headers(response, headers)
 
 
-def set_weak_etag(response: HttpResponseBase) -> str | None:
-    """Give a non-streaming response without an ETag a weak one from its body; return the ETag."""
-    store = response.headers._store
-    found = store.get("etag")
-    if found is not None:
-        return found[1]
-    if response.streaming:
-        return None
-    content: bytes = getattr(response, "content", b"")
-    # SHA-256 rather than a faster CRC-32: part of a page can be user content, and a crafted
-    # collision would let a CDN or browser revalidating a removed version get a 304 and keep it.
-    # It is also the fastest collision-resistant hash in hashlib on CPUs with SHA extensions.
-    digest = _SHA256.copy()
-    digest.update(content)
-    etag = f'W/"{digest.hexdigest()[:32]}"'
-    store["etag"] = ("ETag", etag)  # ASCII by construction
-    return etag
+def set_etag(response: HttpResponseBase) -> str | None:
+    """Give a non-streaming response without an ETag Django's (a hash of the body); the ETag.
+
+    A view's own ETag is kept. Streaming responses and empty bodies get none.
+    """
+    if "ETag" not in response.headers:
+        set_response_etag(response)
+    return response.headers.get("ETag")

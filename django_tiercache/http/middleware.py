@@ -41,19 +41,19 @@ from django_tiercache.http.decorators import CachePolicy, get_policy
 from django_tiercache.http.headers import (
     EDGE_HEADERS,
     SETS_COOKIE,
-    _edge_values,
-    _EdgeValues,
-    _resolve_key_headers,
-    _session_accessed,
-    _set_header,
-    _write_key_headers,
+    SHARED_DIRECTIVES,
+    EdgeValues,
     add_vary,
     cache_control_directives,
+    edge_values,
     fit_keys,
     key_header_bytes,
     make_private,
-    set_weak_etag,
+    resolve_key_headers,
+    session_accessed,
+    set_etag,
     user_specific_reason,
+    write_key_headers,
 )
 
 __all__ = ["TierCacheMiddleware"]
@@ -61,7 +61,6 @@ __all__ = ["TierCacheMiddleware"]
 logger = logging.getLogger(__name__)
 
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
-_SHARED = frozenset({"public", "s-maxage"})
 _OPTED_OUT = frozenset({"private", "no-store"})
 _ACCEPT_ENCODING = ("Accept-Encoding",)
 
@@ -90,14 +89,14 @@ class _Options:
         self.max_key_header_bytes: int = http["MAX_KEY_HEADER_BYTES"]
         timing = http["SERVER_TIMING"]
         self.server_timing = bool(timing or (timing is None and settings.DEBUG))
-        self.key_headers: tuple[tuple[str, str, str], ...] | None
+        self.key_headers: tuple[tuple[str, str], ...] | None
         try:
-            self.key_headers = _resolve_key_headers(http["KEY_HEADERS"])
+            self.key_headers = resolve_key_headers(http["KEY_HEADERS"])
         except (KeyError, AttributeError, TypeError):  # a system-check error; raise per request
             self.key_headers = None
-        self._edge: dict[tuple[int | None, ...], _EdgeValues] = {}
+        self._edge: dict[tuple[int | None, ...], EdgeValues] = {}
 
-    def edge_values(self, policy: CachePolicy) -> _EdgeValues:
+    def edge_values(self, policy: CachePolicy) -> EdgeValues:
         """Cache-Control and Surrogate-Control of ``policy``, its None values from the settings."""
         durations = (
             policy.browser_max_age,
@@ -111,7 +110,7 @@ class _Options:
                 self._edge.clear()
             http = self.http
             browser, edge, swr, sie = durations
-            values = self._edge[durations] = _edge_values(
+            values = self._edge[durations] = edge_values(
                 browser_max_age=http["BROWSER_MAX_AGE"] if browser is None else browser,
                 edge_max_age=http["EDGE_MAX_AGE"] if edge is None else edge,
                 stale_while_revalidate=http["STALE_WHILE_REVALIDATE"] if swr is None else swr,
@@ -175,8 +174,6 @@ class TierCacheMiddleware:
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
         """Apply the policy; must run inside the request's collector scope."""
-        # Runs on every request: the common case (an anonymous origin_cache GET) is kept to a few
-        # calls, and reads nothing per request that only changes with the settings.
         options = _options or _get_options()
         policy = get_policy(response)
         user_reason = user_specific_reason(request, response)
@@ -195,21 +192,8 @@ class TierCacheMiddleware:
                 self._vary(request, response, policy.vary_on, cacheable=kind != "no-store")
             elif kind != "no-store":
                 add_vary(response, _ACCEPT_ENCODING)
-            if (
-                kind != "no-store"
-                and request.method == "GET"
-                and isinstance(response, HttpResponse)  # not streaming and file responses
-                and 200 <= response.status_code < 300
-            ):
-                etag = set_weak_etag(response)
-                meta = request.META
-                if (
-                    "HTTP_IF_NONE_MATCH" in meta
-                    or "HTTP_IF_MODIFIED_SINCE" in meta
-                    or "HTTP_IF_MATCH" in meta
-                    or "HTTP_IF_UNMODIFIED_SINCE" in meta
-                ):
-                    response = self._conditional(request, response, etag)
+            if kind != "no-store":
+                response = self._conditional(request, response)
         if options.server_timing:
             self._server_timing(response)
         return response
@@ -222,59 +206,88 @@ class TierCacheMiddleware:
         user_reason: str | None,
         options: _Options,
     ) -> None:
-        store = response.headers._store
-        why_not: str | None = None
-        if request.method not in _CACHEABLE_METHODS:
-            why_not = f"method {request.method}"
-        elif response.status_code not in options.cacheable_statuses:
-            why_not = f"status {response.status_code}"
-        elif user_reason is not None:
-            why_not = user_reason
-        elif "cache-control" in store and cache_control_directives(response) & _OPTED_OUT:
-            why_not = "the view made it private or no-store"
-        else:
-            scope = collector.current()
-            if scope is None:
-                keys: AbstractSet[str] = policy.keys
-            else:  # the scope ends with this response: its set can take the view's keys
-                keys = scope.keys
-                keys.update(policy.keys)
-            ordered = sorted(keys)
-            spaced = " ".join(ordered)  # the Surrogate-Key value; its length is key_header_bytes
-            if scope is not None and scope.unpurgeable:
-                why_not = scope.unpurgeable
-            elif len(spaced) > options.max_key_header_bytes:
-                fitting = self._fit_keys(request, policy, keys, options)
-                if fitting is None:
-                    why_not = "its keys do not fit MAX_KEY_HEADER_BYTES"
-                else:
-                    ordered = fitting
-                    spaced = " ".join(ordered)
-        if why_not is not None:
-            if user_reason == SETS_COOKIE:
-                logger.warning(
-                    "origin_cache on %s downgraded to private for %s: %s.",
-                    policy.view_name,
-                    request.path,
-                    user_reason,
-                )
-            else:
-                logger.debug("origin_cache on %s not edge-cached: %s.", policy.view_name, why_not)
-            make_private(response)
+        """Edge-cache the response of an ``origin_cache`` view, or make it private (logged)."""
+        why_not = self._refusal(request, response, user_reason, options)
+        ordered = None if why_not else self._fitting_keys(request, policy, options)
+        if ordered is None:
+            why_not = why_not or "its keys do not fit MAX_KEY_HEADER_BYTES"
+            self._refuse(request, response, policy, why_not, user_reason)
             return
+        self._write_edge_headers(response, options.edge_values(policy), ordered, options)
+
+    @staticmethod
+    def _refusal(
+        request: HttpRequest,
+        response: HttpResponseBase,
+        user_reason: str | None,
+        options: _Options,
+    ) -> str | None:
+        """Why the response may not be edge-cached, before its keys are looked at; None if not."""
+        if request.method not in _CACHEABLE_METHODS:
+            return f"method {request.method}"
+        if response.status_code not in options.cacheable_statuses:
+            return f"status {response.status_code}"
+        if user_reason is not None:
+            return user_reason
+        if cache_control_directives(response) & _OPTED_OUT:
+            return "the view made it private or no-store"
+        scope = collector.current()
+        if scope is not None and scope.unpurgeable:  # it read data that no key can purge
+            return scope.unpurgeable
+        return None
+
+    def _fitting_keys(
+        self, request: HttpRequest, policy: CachePolicy, options: _Options
+    ) -> list[str] | None:
+        """The response's keys (the request's and the view's), sorted and fitting
+        ``MAX_KEY_HEADER_BYTES``; None (logged) when even table keys do not fit."""
+        scope = collector.current()
+        if scope is None:
+            keys: AbstractSet[str] = policy.keys
+        else:  # the scope ends with this response: its set can take the view's keys
+            keys = scope.keys
+            keys.update(policy.keys)
+        if key_header_bytes(keys) <= options.max_key_header_bytes:
+            return sorted(keys)
+        return self._fit_keys(request, policy, keys, options)
+
+    @staticmethod
+    def _refuse(
+        request: HttpRequest,
+        response: HttpResponseBase,
+        policy: CachePolicy,
+        why_not: str,
+        user_reason: str | None,
+    ) -> None:
+        """Make an ``origin_cache`` response private; a cookie set by the view is a warning."""
+        if user_reason == SETS_COOKIE:
+            logger.warning(
+                "origin_cache on %s downgraded to private for %s: %s.",
+                policy.view_name,
+                request.path,
+                user_reason,
+            )
+        else:
+            logger.debug("origin_cache on %s not edge-cached: %s.", policy.view_name, why_not)
+        make_private(response)
+
+    @staticmethod
+    def _write_edge_headers(
+        response: HttpResponseBase, values: EdgeValues, ordered: list[str], options: _Options
+    ) -> None:
+        """Cache-Control (merged with the view's), Surrogate-Control and the key headers."""
         key_headers = options.key_headers
         if key_headers is None and ordered:
-            key_headers = _resolve_key_headers(options.http["KEY_HEADERS"])  # raises
-        values = options.edge_values(policy)
-        if "cache-control" in store:
+            key_headers = resolve_key_headers(options.http["KEY_HEADERS"])  # raises
+        if "Cache-Control" in response.headers:
             patch_cache_control(
                 response, public=True, max_age=values.browser_max_age, s_maxage=values.edge_max_age
             )
         else:
-            _set_header(response, "Cache-Control", values.cache_control)
-        _set_header(response, "Surrogate-Control", values.surrogate_control)
+            response.headers["Cache-Control"] = values.cache_control
+        response.headers["Surrogate-Control"] = values.surrogate_control
         if ordered and key_headers:
-            _write_key_headers(response, ordered, spaced, key_headers)
+            write_key_headers(response, ordered, " ".join(ordered), key_headers)
 
     @staticmethod
     def _fit_keys(
@@ -299,7 +312,7 @@ class TierCacheMiddleware:
     def _undecorated(request: HttpRequest, response: HttpResponseBase, user_reason: str) -> None:
         """Keep a user-specific response of an undecorated view out of shared caches."""
         directives = cache_control_directives(response)
-        if directives & _SHARED:
+        if directives & SHARED_DIRECTIVES:
             logger.warning(
                 "Response for %s was public but %s: made private.", request.path, user_reason
             )
@@ -314,7 +327,7 @@ class TierCacheMiddleware:
         """Merge Vary: ``Accept-Encoding`` if ``cacheable``, ``Cookie`` if the session was accessed
         or the CSRF cookie set, then ``vary_on``."""
         vary = ["Accept-Encoding"] if cacheable else []
-        if _session_accessed(request) or (
+        if session_accessed(request) or (
             response.cookies and settings.CSRF_COOKIE_NAME in response.cookies
         ):
             vary.append("Cookie")
@@ -323,10 +336,16 @@ class TierCacheMiddleware:
             add_vary(response, vary)
 
     @staticmethod
-    def _conditional(
-        request: HttpRequest, response: HttpResponse, etag: str | None
-    ) -> HttpResponseBase:
-        """A 304 (or 412) for a conditional GET, keeping the edge headers; else ``response``."""
+    def _conditional(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        """ETag a successful GET and answer its conditional headers, as Django's
+        ``ConditionalGetMiddleware`` does; a 304 keeps the edge headers."""
+        if not (
+            request.method == "GET"
+            and isinstance(response, HttpResponse)  # not streaming and file responses
+            and 200 <= response.status_code < 300
+        ):
+            return response
+        etag = set_etag(response)
         last_modified = response.headers.get("Last-Modified")
         conditional = get_conditional_response(
             request,
