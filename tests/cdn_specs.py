@@ -1,50 +1,41 @@
-"""Check requests the purgers send against ../shared/cdn-specs (the CDN APIs' OpenAPI excerpts).
+"""Check requests the purgers send against the CDN APIs' shapes in ``tests/cdn_api/``.
 
-The specs live beside the repository (``<clone>/../shared/cdn-specs``); tests that need them skip
-with a reason when that folder is absent. ``validate`` is a small JSON-schema subset (``$ref``,
+``tests/cdn_api/`` holds the Fastly and Cloudflare purge endpoints as small OpenAPI fragments and
+their limits, each value with the vendor page it comes from. ``validate`` is a small JSON-schema
+subset (``$ref``,
 ``type``, ``properties``, ``required``, ``items``, ``enum``, ``maxLength``, ``minimum``,
 ``anyOf``, ``allOf``, ``nullable``, ``additionalProperties``): enough for these excerpts.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import yaml
 
-SPECS = Path(__file__).resolve().parents[2] / "shared" / "cdn-specs"
+SPECS = Path(__file__).resolve().parent / "cdn_api"
 
 
 @cache
-def _load(name: str) -> dict[str, Any]:
-    path = SPECS / name
-    text = path.read_text()
-    return dict(json.loads(text) if name.endswith(".json") else yaml.safe_load(text))
-
-
 def spec(name: str) -> dict[str, Any]:
-    """One spec file, or a skip when ../shared/cdn-specs is not beside the clone."""
-    if not (SPECS / name).exists():
-        pytest.skip(f"CDN spec {SPECS / name} not found (../shared/cdn-specs beside the clone)")
-    return _load(name)
+    """One file of ``tests/cdn_api/``, parsed."""
+    return dict(yaml.safe_load((SPECS / name).read_text()))
 
 
 def fastly() -> dict[str, Any]:
-    return spec("fastly-purge.openapi-excerpt.yaml")
+    return spec("fastly_purge.yaml")
 
 
 def cloudflare() -> dict[str, Any]:
-    return spec("cloudflare-purge-cache.openapi-excerpt.json")
+    return spec("cloudflare_purge.yaml")
 
 
 def limits() -> dict[str, Any]:
-    return spec("purge-limits.yaml")
+    return spec("limits.yaml")
 
 
 def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

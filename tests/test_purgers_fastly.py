@@ -1,4 +1,4 @@
-"""FastlyPurger against the Fastly purge API as ../shared/cdn-specs describes it (``responses``)."""
+"""FastlyPurger against the Fastly purge API as tests/cdn_api describes it (``responses``)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def check_request(request: requests.PreparedRequest) -> dict[str, Any] | None:
     assert request.headers["Content-Type"] == "application/json"
     body: dict[str, Any] = json.loads(request.body)
     cdn_specs.validate(doc, op["requestBody"]["content"]["application/json"]["schema"], body)
-    limit = cdn_specs.limits()["fastly"]["endpoints"]["purge_keys"]["max_keys"]
+    limit = cdn_specs.limits()["fastly"]["max_keys_per_request"]
     assert limit == op["x-max-keys-per-request"]
     assert 1 <= len(body["surrogate_keys"]) <= limit
     return body
