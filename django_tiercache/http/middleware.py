@@ -63,6 +63,12 @@ logger = logging.getLogger(__name__)
 _CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 _OPTED_OUT = frozenset({"private", "no-store"})
 _ACCEPT_ENCODING = ("Accept-Encoding",)
+_CONDITIONAL_HEADERS = (
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
 
 
 class _Options:
@@ -346,6 +352,11 @@ class TierCacheMiddleware:
         ):
             return response
         etag = set_etag(response)
+        meta = request.META
+        if not any(header in meta for header in _CONDITIONAL_HEADERS):
+            # What get_conditional_response would conclude, without parsing four empty headers
+            # (about 10 µs, 1 % of a 1 ms view: benchmarks/http_calls.py).
+            return response
         last_modified = response.headers.get("Last-Modified")
         conditional = get_conditional_response(
             request,

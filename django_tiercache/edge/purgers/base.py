@@ -114,6 +114,15 @@ class BasePurger:
         """Send one purge call for at most ``max_keys_per_request`` keys."""
         raise NotImplementedError
 
+    def describe_calls(self, keys: list[str] | None, *, soft: bool | None = None) -> list[str]:
+        """One line per call this purger makes for one batch of ``keys`` (None: purge
+        everything), for a dry run. Never shows a secret; override to show the wire format."""
+        kind = type(self).__name__
+        if keys is None:
+            return [f"{kind}.purge_all()"]
+        soft = self.soft_purge if soft is None else soft
+        return [f"{kind}.send_batch({len(keys)} keys, soft={soft})"]
+
     def purge_all(self) -> PurgeResult:
         """Purge everything this purger's edge caches."""
         raise NotImplementedError

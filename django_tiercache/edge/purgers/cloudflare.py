@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from django_tiercache.edge.purgers.base import PurgerConfigError, PurgeResult
-from django_tiercache.edge.purgers.http_api import HttpPurger, retry_after_seconds
+from django_tiercache.edge.purgers.http_api import HttpPurger, display_url, retry_after_seconds
 
 API_URL = "https://api.cloudflare.com/client/v4"
 #: Default items per purge call (Cloudflare's historical limit).
@@ -102,6 +102,11 @@ class CloudflarePurger(HttpPurger):
     def _post(self, body: dict[str, Any], keys: tuple[str, ...] = ()) -> PurgeResult:
         headers = {"Authorization": f"Bearer {self.secret('API_TOKEN')}"}
         return self.request("POST", self.purge_url, keys, headers=headers, json=body)
+
+    def describe_calls(self, keys: list[str] | None, *, soft: bool | None = None) -> list[str]:
+        """``POST .../purge_cache`` with ``{"tags": [...]}`` (``purge_everything`` for all)."""
+        body = '{"purge_everything": true}' if keys is None else f'{{"tags": [{len(keys)} tags]}}'
+        return [f"POST {display_url(self.purge_url)} {body}"]
 
     def success(self, response: requests.Response, keys: tuple[str, ...]) -> PurgeResult:
         """Read ``{"success", "errors", "result": {"id"}}``; ``success: false`` is a refusal."""

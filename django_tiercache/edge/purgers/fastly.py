@@ -9,7 +9,7 @@ from dataclasses import replace
 import requests
 
 from django_tiercache.edge.purgers.base import PurgerConfigError, PurgeResult
-from django_tiercache.edge.purgers.http_api import HttpPurger
+from django_tiercache.edge.purgers.http_api import HttpPurger, display_url
 
 API_URL = "https://api.fastly.com"
 #: Most keys Fastly accepts in one bulk purge (``POST /service/{id}/purge``).
@@ -93,6 +93,18 @@ class FastlyPurger(HttpPurger):
     def purge_all(self) -> PurgeResult:
         """``POST /service/{id}/purge_all``: evicts everything; Fastly never does it softly."""
         return self.request("POST", f"{self.service_url}/purge_all", headers=self._headers())
+
+    def describe_calls(self, keys: list[str] | None, *, soft: bool | None = None) -> list[str]:
+        """``POST .../purge`` with the keys in the body (``.../purge_all`` for everything)."""
+        where = display_url(self.service_url)
+        if keys is None:
+            return [f"POST {where}/purge_all"]
+        soft = self.soft_purge if soft is None else soft
+        call = f'POST {where}/purge {{"surrogate_keys": [{len(keys)} keys]}}'
+        calls = [call + (" Fastly-Soft-Purge: 1" if soft else "")]
+        if self.double_purge:
+            calls.append(f"the same again after {self.double_purge_delay:g}s (DOUBLE_PURGE)")
+        return calls
 
     def success(self, response: requests.Response, keys: tuple[str, ...]) -> PurgeResult:
         """A bulk purge answers ``{key: purge id}``; a purge-all answers ``{"status": "ok"}``."""

@@ -159,7 +159,7 @@ class HttpPurger(BasePurger):
         self, method: str, url: str, keys: tuple[str, ...] = (), **kwargs: Any
     ) -> PurgeResult:
         """Send one call and map its outcome to a :class:`PurgeResult` for ``keys``."""
-        where = _where(url)
+        where = display_url(url)
         try:
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.Timeout as exc:
@@ -227,13 +227,13 @@ class HttpPurger(BasePurger):
         return _shorten(" ".join(filter(None, [response.reason or "", text])) or "no message")
 
 
-def _where(url: str) -> str:
-    """Host and path of ``url``, without credentials or query string."""
+def display_url(url: str) -> str:
+    """``url`` as messages show it: scheme, host and path, no credentials or query string."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    return f"{host}{parts.path}"
+    return redact(f"{parts.scheme}://{host}{parts.path}")
 
 
 def _shorten(text: str) -> str:

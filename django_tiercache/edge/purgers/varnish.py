@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django_tiercache.edge.purgers.base import PurgerConfigError, PurgeResult
-from django_tiercache.edge.purgers.http_api import HttpPurger
+from django_tiercache.edge.purgers.http_api import HttpPurger, display_url
 
 #: Default ``MAX_HEADER_BYTES``: half of Varnish's default ``http_req_hdr_len`` (8 KiB).
 DEFAULT_MAX_HEADER_BYTES = 4096
@@ -116,6 +116,14 @@ class VarnishPurger(HttpPurger):
     def purge_all(self) -> PurgeResult:
         """``BAN`` each URL: the shipped VCL bans every object (``ban("obj.status != 0")``)."""
         return self._each_url("BAN", self._headers())
+
+    def describe_calls(self, keys: list[str] | None, *, soft: bool | None = None) -> list[str]:
+        """A ``PURGE`` with the keys in the key header to each URL (``BAN`` for everything)."""
+        if keys is None:
+            return [f"BAN {display_url(url)}" for url in self.urls]
+        soft = self.soft_purge if soft is None else soft
+        header = self.soft_key_header if soft else self.key_header
+        return [f"PURGE {display_url(url)} {header}: <{len(keys)} keys>" for url in self.urls]
 
     def _each_url(
         self, method: str, headers: dict[str, str], keys: tuple[str, ...] = ()

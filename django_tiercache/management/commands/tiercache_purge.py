@@ -12,7 +12,6 @@ import sys
 from argparse import ArgumentParser
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured, ValidationError
@@ -23,9 +22,6 @@ from django_tiercache import invalidation, manual
 from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import outbox
 from django_tiercache.edge.purgers import BasePurger, PurgeResult, get_purgers
-from django_tiercache.edge.purgers.cloudflare import CloudflarePurger
-from django_tiercache.edge.purgers.fastly import FastlyPurger
-from django_tiercache.edge.purgers.varnish import VarnishPurger
 from django_tiercache.keys import normalize_key, table_keys
 from django_tiercache.models import PurgeRequest
 from django_tiercache.redact import redact
@@ -241,7 +237,7 @@ class Command(BaseCommand):
             kind = type(purger).__name__
             if purge_all:
                 self.stdout.write(f"{name} ({kind}): would purge everything")
-                for call in api_calls(purger, None):
+                for call in purger.describe_calls(None):
                     self.stdout.write(f"  {call}")
                 continue
             batches = list(purger.batches(keys))
@@ -251,7 +247,7 @@ class Command(BaseCommand):
                 f"{purger.max_keys_per_request}"
             )
             for number, batch in enumerate(batches, 1):
-                for call in api_calls(purger, batch):
+                for call in purger.describe_calls(batch):
                     self.stdout.write(f"  batch {number}: {call}")
                 self.stdout.write(f"    keys: {' '.join(batch)}")
 
@@ -391,40 +387,3 @@ STATUSES = tuple(PurgeRequest.Status.values)
 def count(number: int, singular: str, plural: str | None = None) -> str:
     """``"1 key"``, ``"2 keys"``."""
     return f"{number} {singular if number == 1 else plural or singular + 's'}"
-
-
-def api_calls(purger: BasePurger, keys: list[str] | None) -> list[str]:
-    """The HTTP calls ``purger`` makes for one batch of ``keys`` (None: purge everything).
-
-    Never includes a secret: tokens travel in headers that are not shown.
-    """
-    soft = purger.soft_purge
-    if isinstance(purger, FastlyPurger):
-        if keys is None:
-            return [f"POST {_url(purger.service_url)}/purge_all"]
-        call = f'POST {_url(purger.service_url)}/purge {{"surrogate_keys": [{len(keys)} keys]}}'
-        calls = [call + (" Fastly-Soft-Purge: 1" if soft else "")]
-        if purger.double_purge:
-            calls.append(f"the same again after {purger.double_purge_delay:g}s (DOUBLE_PURGE)")
-        return calls
-    if isinstance(purger, CloudflarePurger):
-        body = '{"purge_everything": true}' if keys is None else f'{{"tags": [{len(keys)} tags]}}'
-        return [f"POST {_url(purger.purge_url)} {body}"]
-    if isinstance(purger, VarnishPurger):
-        if keys is None:
-            return [f"BAN {_url(url)}" for url in purger.urls]
-        header = purger.soft_key_header if soft else purger.key_header
-        return [f"PURGE {_url(url)} {header}: <{len(keys)} keys>" for url in purger.urls]
-    kind = type(purger).__name__
-    if keys is None:
-        return [f"{kind}.purge_all()"]
-    return [f"{kind}.send_batch({len(keys)} keys, soft={soft})"]
-
-
-def _url(url: str) -> str:
-    """``url`` without credentials or query string."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return redact(f"{parts.scheme}://{host}{parts.path}")
