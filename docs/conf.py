@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
-_INIT = Path(__file__).resolve().parent.parent / "django_tiercache" / "__init__.py"
+import django
+from django.conf import settings
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT))
+# autodoc imports the package's modules: they need Django's app registry, as in a project.
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_tiercache"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+)
+django.setup()
+
+_INIT = _ROOT / "django_tiercache" / "__init__.py"
 _VERSION = re.search(
     r'^__version__ = "([^"]+)"', _INIT.read_text() if _INIT.exists() else "", re.MULTILINE
 )
@@ -16,7 +30,10 @@ copyright = "django-tiercache developers"
 release = _VERSION.group(1) if _VERSION else "0"
 version = release
 
-extensions: list[str] = []
+extensions = ["sphinx.ext.autodoc"]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
 templates_path: list[str] = []
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
