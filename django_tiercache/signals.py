@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 _UID = "django_tiercache"
+# ``Model._base_manager`` below is public API despite its underscore, like ``Model._meta``:
+# Django's docs name it as the manager for related-object access, unfiltered by custom managers.
 
 _registry: dict[type[models.Model], list[KeyFactory | str]] = {}
 

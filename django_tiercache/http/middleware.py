@@ -16,8 +16,8 @@ keys of cached queries and :func:`~django_tiercache.add_keys` land there) and th
 
 ``origin_cache`` and ``private_cache`` views get ``Accept-Encoding`` (and ``vary_on``) in
 ``Vary``; any response whose session was accessed or that sets the CSRF cookie gets ``Cookie``.
-Their GET responses get a weak ETag from the body (streaming responses excepted) and a 304
-through :func:`django.utils.cache.get_conditional_response`. ``SERVER_TIMING`` adds query-tier
+Their GET responses get Django's ETag (``set_response_etag``; streaming responses excepted) and a
+304 through :func:`django.utils.cache.get_conditional_response`. ``SERVER_TIMING`` adds query-tier
 hits and misses in a ``Server-Timing`` header.
 """
 

@@ -42,6 +42,8 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
+        """The command line, one ``add_argument`` per option (over 50 lines: a flat list of
+        declarations, read as the ``--help`` they produce)."""
         parser.add_argument("keys", nargs="*", metavar="KEY", help="Surrogate keys to purge.")
         parser.add_argument(
             "--model",
@@ -197,6 +199,7 @@ class Command(BaseCommand):
             pk = model._meta.pk.to_python(raw_pk) if model._meta.pk else raw_pk
         except ValidationError as exc:
             raise usage_error(f"--object {spec!r}: {' '.join(exc.messages)}") from exc
+        # Model._default_manager: public API despite the underscore (Django's manager docs).
         instance = model._default_manager.using(using).filter(pk=pk).first()
         if instance is None:
             raise usage_error(
