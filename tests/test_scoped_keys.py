@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 from django.http import HttpRequest, HttpResponse
 from django.test.utils import CaptureQueriesContext
@@ -365,6 +365,13 @@ def test_the_response_carries_the_query_tier_keys(client: Any, shop: dict[str, A
     expected = {f"testapp.product?category_id={pens.pk}", key(shop["pen"]), key(shop["pencil"])}
     assert all(set(header.split()) == expected for header in headers)
     assert response.headers["Cache-Tag"] == ",".join(sorted(expected))
+
+
+def test_a_read_that_bypasses_the_cache_carries_its_rows_keys(shop: dict[str, Any]) -> None:
+    pens = shop["pens"]
+    with response_keys() as keys, transaction.atomic():
+        list(Product.objects.cached().select_for_update().filter(category=pens))
+    assert keys == {f"testapp.product?category_id={pens.pk}", key(shop["pen"]), key(shop["pencil"])}
 
 
 def test_scope_keys_are_normalised_keys() -> None:

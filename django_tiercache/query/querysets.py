@@ -266,7 +266,10 @@ class CachedQuerySet(QuerySet[_M]):
             or (has_pending_keys() and pending_keys(connections[db]) & query_plan.depends_on)
         ):
             _bypassed(self.model, query_plan)
-            return compute()
+            value = compute()
+            if query_plan.row_keys is not None:  # the rows' keys belong to the response too
+                collector.add_normalized(planner.result_keys(query_plan.row_keys, value))
+            return value
         seen: set[str] = set()
 
         def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
