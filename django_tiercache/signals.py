@@ -121,7 +121,7 @@ def track(model: type[models.Model]) -> None:
     """Connect the receivers for ``model`` and the through models of its many-to-many fields."""
     label = model._meta.label_lower
     post_save.connect(_on_save, sender=model, dispatch_uid=f"{_UID}.save.{label}")
-    post_delete.connect(_on_change, sender=model, dispatch_uid=f"{_UID}.delete.{label}")
+    post_delete.connect(_on_delete, sender=model, dispatch_uid=f"{_UID}.delete.{label}")
     for through in _through_models(model):
         m2m_changed.connect(
             _on_m2m_changed, sender=through, dispatch_uid=f"{_UID}.m2m.{through._meta.label_lower}"
@@ -175,10 +175,6 @@ def _through_models(model: type[models.Model]) -> Iterator[type[models.Model]]:
                 yield through
 
 
-def _on_change(sender: type[models.Model], instance: models.Model, using: str, **_: Any) -> None:
-    collect(instance_keys(instance), using)
-
-
 def _on_save(
     sender: type[models.Model],
     instance: models.Model,
@@ -218,6 +214,14 @@ def read_scope_keys(
             if text is not None:  # a value read from a scoped column can always be written
                 keys.add(scope_key(field, text))
     return keys
+
+
+def _on_delete(sender: type[models.Model], instance: models.Model, using: str, **_: Any) -> None:
+    """A deleted row, and the rows of automatic many-to-many through tables Django deleted with
+    it without any signal."""
+    keys = instance_keys(instance) | scope_keys(instance)[0]
+    keys.update(table_key(t) for t in _through_models(sender) if t._meta.auto_created)
+    collect(keys, using)
 
 
 def _m2m_field(

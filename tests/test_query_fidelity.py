@@ -158,6 +158,28 @@ def test_a_read_that_bypasses_the_cache_still_tags_the_response(pens: Category, 
 
 def test_a_read_no_key_can_purge_keeps_the_response_off_the_edge(pens: Category) -> None:
     Product.objects.update(supplier=Untracked.objects.create(name="s"))
-    response = _origin_response(lambda: list(Product.objects.cached().filter(supplier__name="s")))
+    read = lambda: list(Product.objects.cached().filter(supplier__friends__name="s"))  # noqa: E731
+    response = _origin_response(read)
     assert "public" not in response["Cache-Control"]
     assert "Surrogate-Key" not in response
+
+
+def test_deleting_a_row_invalidates_the_through_rows_django_deletes_with_it(pens: Category) -> None:
+    red = Tag.objects.create(name="red")
+    Product.objects.get(name="pen0").tags.add(red)
+    red_pk = red.pk
+    tagged = lambda: [p.name for p in Product.objects.cached().filter(tags__id=red_pk)]  # noqa: E731
+    assert tagged() == ["pen0"]
+    red.delete()  # its through rows go without a signal
+    assert tagged() == []
+
+
+def test_bulk_create_ignoring_conflicts_invalidates_rows_it_got_no_keys_for() -> None:
+    """With ignore_conflicts the database returns no primary keys."""
+    probe = Category.objects.create(name="probe")
+    following = list(range(probe.pk + 1, probe.pk + 10))  # the next rows' keys
+    probe.delete()
+    by_pk = lambda: list(Category.objects.cached().filter(pk__in=following))  # noqa: E731
+    assert by_pk() == []  # tagged with the object keys of those rows only
+    Category.objects.bulk_create([Category(name="new")], ignore_conflicts=True)
+    assert [c.name for c in by_pk()] == ["new"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Max, Q
 from django.db.models.manager import BaseManager
 from django.db.models.query import (
     MAX_GET_RESULTS,
@@ -386,18 +387,50 @@ class CachedQuerySet(QuerySet[_M]):
             keys |= scope_keys(row)[0]
         collect(keys, db)
 
-    def bulk_create(self, objs: Iterable[_M], *args: Any, **kwargs: Any) -> list[_M]:
-        created = super().bulk_create(objs, *args, **kwargs)
+    def bulk_create(
+        self,
+        objs: Iterable[_M],
+        batch_size: int | None = None,
+        ignore_conflicts: bool = False,
+        update_conflicts: bool = False,
+        update_fields: Collection[str] | None = None,
+        unique_fields: Collection[str] | None = None,
+    ) -> list[_M]:
+        """Insert as Django does; invalidate the rows inserted and, with ``update_conflicts``,
+        the rows updated as they were and as they are.
+
+        Rows whose primary key the database did not return (``ignore_conflicts``) are found
+        after the insert: an automatic key is above the highest one before it.
+        """
+        objs = list(objs)
+        self._for_write = True  # as Django's bulk_create()
+        db = self.db
+        rows = self.model._base_manager.db_manager(db).all()
+        matching = _unique_match(objs, unique_fields) if update_conflicts else None
+        with _transaction(db):
+            before = list(rows.filter(matching).iterator()) if matching is not None else []
+            auto = _auto_pk(self.model)
+            highest = rows.aggregate(high=Max("pk"))["high"] if auto else None
+            created = super().bulk_create(
+                objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
+            )
+            changed: list[models.Model] = [*before, *(o for o in created if o.pk is not None)]
+            if auto and any(o.pk is None for o in created):
+                new = rows if highest is None else rows.filter(pk__gt=highest)
+                changed += new.iterator()
+            if matching is not None:
+                changed += rows.filter(matching).iterator()
         keys = set(table_keys(self.model))
         unknown: set[Any] = set()
-        for obj in created:
+        everything: list[models.Model] = [*created, *changed]
+        for obj in everything:
             scoped, missing = scope_keys(obj)
             keys |= scoped
             if obj.pk is not None:
                 keys |= instance_keys(obj)
                 unknown.update(missing)
-        pks = [obj.pk for obj in created if obj.pk is not None]
-        collect(keys | read_scope_keys(self.model, pks, list(unknown), self.db), self.db)
+        pks = [obj.pk for obj in changed]
+        collect(keys | read_scope_keys(self.model, pks, list(unknown), db), db)
         return created
 
     def bulk_update(
@@ -485,6 +518,27 @@ class _PlanMemo:
 _plans = _PlanMemo()
 #: Lazy identities Django has built once without raising (bounded like the plans).
 _checked: set[tuple[Any, ...]] = set()
+
+
+def _auto_pk(model: type[models.Model]) -> bool:
+    return isinstance(
+        model._meta.pk, models.AutoField | models.BigAutoField | models.SmallAutoField
+    )
+
+
+def _unique_match(objs: Sequence[models.Model], unique_fields: Collection[str] | None) -> Q | None:
+    """The rows ``objs`` conflict with on ``unique_fields`` (None when there are none)."""
+    if not objs or not unique_fields:
+        return None
+    match = Q()
+    for obj in objs:
+        match |= Q(**{name: _value(obj, name) for name in unique_fields})
+    return match
+
+
+def _value(obj: models.Model, name: str) -> Any:
+    field = obj._meta.pk if name == "pk" else obj._meta.get_field(name)
+    return getattr(obj, getattr(field, "attname", name))
 
 
 def _transaction(db: str) -> contextlib.AbstractContextManager[Any]:
