@@ -38,6 +38,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,8 @@ def _serve() -> Iterator[int]:
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Run one policy (``TIERCACHE_BENCH_MODE``) and return its counts."""
+    # Stopped from outside: unwind, so that varnishd and the work directory go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="tiercache-edge-bench-") as tmp:
         _configure(Path(tmp))
         from contextlib import contextmanager
@@ -372,6 +375,21 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _run_worker(mode: str) -> tuple[int, str, str]:
+    """One policy in its own process; stopped with SIGTERM (it cleans up) if we are stopped."""
+    command = [sys.executable, "-m", "benchmarks.edge_hit_ratio", "--worker", *sys.argv[1:]]
+    env = {**os.environ, "TIERCACHE_BENCH_MODE": mode}
+    pipe = subprocess.PIPE
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+    return proc.returncode, stdout, stderr
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=10_000)
@@ -390,15 +408,14 @@ def main() -> int:
     if missing:
         print(f"edge hit ratio benchmark skipped: {missing}", file=sys.stderr)
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     for mode in args.modes.split(","):
-        command = [sys.executable, "-m", "benchmarks.edge_hit_ratio", "--worker", *sys.argv[1:]]
-        env = {**os.environ, "TIERCACHE_BENCH_MODE": mode}
-        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        status, stdout, stderr = _run_worker(mode)
+        if status:
+            print(stderr[-3000:], file=sys.stderr)
+            return status
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
     text = table(results, args)
     print(text)
     if args.markdown:

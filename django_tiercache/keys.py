@@ -146,11 +146,15 @@ ScopeKind = Literal["exact", "text"]
 def scope_kind(field: Any) -> ScopeKind | None:
     """Whether rows of ``field``'s model get scope keys for it, and how equal values compare.
 
+    Scoped: foreign keys and one-to-one fields, booleans, and fields with choices, unique or
+    indexed: the columns lists are filtered on by equality. Every save invalidates a scope key
+    per scoped field, so a plain column (a name, a counter) is left to the table key.
+
     ``"exact"``: integers, booleans and UUIDs, equal in SQL exactly when equal in Python.
-    ``"text"``: char and slug fields without a collation of their own, whose SQL equality is
-    Python's on PostgreSQL and SQLite only (see :data:`TEXT_EXACT_VENDORS`). A foreign key
-    compares as its target field. None for everything else (the table key covers it): primary
-    keys (object keys do), values the database computes, decimals, floats, dates, JSON...
+    ``"text"``: char, slug and e-mail fields without a collation of their own, whose SQL equality
+    is Python's on PostgreSQL and SQLite only (see :data:`TEXT_EXACT_VENDORS`). A foreign key
+    compares as its target field. None for everything else: primary keys (object keys do),
+    values the database computes, decimals, floats, dates, JSON...
     """
     if not getattr(field, "concrete", False) or field.primary_key or field.generated:
         return None
@@ -162,6 +166,10 @@ def scope_kind(field: Any) -> ScopeKind | None:
         if field.remote_field.on_delete not in _SAFE_ON_DELETE:  # SET(...): value unknown
             return None
         return scope_kind_of_target(field.target_field)
+    if not (
+        isinstance(field, models.BooleanField) or field.choices or field.unique or field.db_index
+    ):
+        return None
     return scope_kind_of_target(field)
 
 
@@ -234,24 +242,6 @@ def scope_keys(
         else:
             keys.add(scope_key(field, text))
     return keys, unknown
-
-
-_MODEL_KEY = re.compile(r"([a-z0-9_]+\.[a-z0-9_]+)[:?]")
-
-
-def table_of(key: str) -> str | None:
-    """The table key inside an object or scope key of a model (``shop.product:42`` and
-    ``shop.product?category_id=3`` -> ``shop.product``); None for any other key."""
-    from django.apps import apps
-
-    match = _MODEL_KEY.match(key)
-    if match is None:
-        return None
-    try:
-        apps.get_model(match.group(1))
-    except LookupError:
-        return None
-    return match.group(1)
 
 
 def key_factory(

@@ -64,10 +64,10 @@ class Shelf(SurrogateKeyMixin, models.Model):
 
 
 class Book(SurrogateKeyMixin, models.Model):
-    """Scoped fields of each kind: a nullable ``to_field`` foreign key, a boolean, an integer,
-    text; no keys of its own beyond the defaults."""
+    """Scoped fields of each kind: a nullable ``to_field`` foreign key, a boolean, an indexed
+    integer, indexed text; no keys of its own beyond the defaults."""
 
-    title = models.CharField(max_length=100)
+    title = models.CharField(max_length=100, db_index=True)
     shelf = models.ForeignKey(
         Shelf,
         to_field="code",
@@ -77,7 +77,8 @@ class Book(SurrogateKeyMixin, models.Model):
         related_name="books",
     )
     active = models.BooleanField(default=True)
-    pages = models.IntegerField(default=0)
+    pages = models.IntegerField(default=0, db_index=True)
+    words = models.IntegerField(default=0)  # neither indexed nor unique: not scoped
     price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
 
     objects = TierCacheManager()
