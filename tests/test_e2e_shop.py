@@ -432,7 +432,7 @@ def shop(varnish_bin: VarnishBinary, postgres_database: str, broker_queue: str) 
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="e2e_shop_")))
         query_redis = RedisServer()
         query_redis.start()  # skips without redis-server
-        stack.callback(query_redis.stop)
+        stack.callback(query_redis.remove)
         port = free_port()
         varnish = stack.enter_context(start_varnish(varnish_bin, port))
         env = {
