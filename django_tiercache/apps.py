@@ -18,6 +18,7 @@ class TierCacheConfig(AppConfig):
         from django_tiercache.edge import checks as edge_checks  # noqa: F401
         from django_tiercache.edge import dispatch
         from django_tiercache.http import checks as http_checks  # noqa: F401
+        from django_tiercache.query import checks as query_checks  # noqa: F401
         from django_tiercache.query import service
 
         service.connect()

@@ -9,6 +9,8 @@ Warnings: W001 query-tier cache not Redis-backed with ``DEBUG`` off, W002 ``PURG
 purgers but no Celery broker configured, W003 the query-tier cache hides its errors
 (``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first middleware, W005 a purger
 secret with whitespace around it (stripped before use). No message ever shows a secret.
+The query tier's own (E009 a Redis shape it refuses, W006 no socket timeouts) are in
+:mod:`django_tiercache.query.checks`.
 
 This module checks the settings every tier shares; the HTTP tier's (``TIERCACHE["HTTP"]``, the
 middleware) are in :mod:`django_tiercache.http.checks`, the edge tier's (purgers, dispatcher) in
@@ -53,6 +55,10 @@ _TOP: Schema = {
     "STALE_TIMEOUT": (is_seconds, "a finite number of seconds >= 0"),
     "SINGLE_FLIGHT_WAIT": (is_seconds, "a finite number of seconds >= 0"),
     "FAIL_OPEN": (lambda v: isinstance(v, bool), "True or False"),
+    "RETRY_INTERVAL": (is_seconds, "a finite number of seconds >= 0"),
+    "RECOVERY_POLL": (lambda v: v is None or is_seconds(v), "None or a number of seconds >= 0"),
+    "WAIT_FOR_REPLICAS": (is_int, "an integer >= 0"),
+    "WAIT_TIMEOUT": (is_seconds, "a finite number of seconds >= 0"),
     "PURGE_ASYNC": (lambda v: isinstance(v, bool), "True or False"),
     "PUBLISH_TIMEOUT": (
         lambda v: is_seconds(v) and 0 < v <= 30,

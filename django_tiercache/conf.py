@@ -32,6 +32,16 @@ DEFAULTS: dict[str, Any] = {
     "SINGLE_FLIGHT_WAIT": 2.0,
     # Cache errors fall back to the database instead of raising.
     "FAIL_OPEN": True,
+    # Seconds the query tier leaves a failed cache alone (circuit breaker) before one caller
+    # tries it again: an unreachable Redis costs one timeout per interval, not one per query.
+    "RETRY_INTERVAL": 5.0,
+    # Seconds between two looks, in each process, at the outbox for query-tier invalidations
+    # that failed in some process (then replayed before anything is served); None: never.
+    "RECOVERY_POLL": 5.0,
+    # Replicas that must confirm an invalidation (Redis WAIT) for it to count as done; 0: none.
+    "WAIT_FOR_REPLICAS": 0,
+    # Seconds an invalidation waits for those replicas before it counts as failed.
+    "WAIT_TIMEOUT": 0.1,
     # Purge the edge through Celery (True) or inline after commit (False).
     "PURGE_ASYNC": True,
     # Purgers by name: {"name": {"BACKEND": "dotted.path", ...options}}.

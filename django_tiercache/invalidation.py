@@ -251,13 +251,14 @@ def flush(keys: set[str], row_ids: list[int], using: str) -> None:
     keys_invalidated.send(sender=None, keys=frozenset(keys), using=using)
 
 
-def reapply(rows: Sequence[PurgeRequest]) -> None:
-    """Invalidate again, in each tier, the keys of the rows whose invalidation failed there.
+def reapply(rows: Sequence[PurgeRequest], tiers: Iterable[str] | None = None) -> None:
+    """Invalidate again, in each tier (of ``tiers``), the keys of the rows whose invalidation
+    failed there.
 
     Updates ``results`` and ``tier_missed`` in memory; the caller saves the rows.
     """
     for name, tier in _tiers.items():
-        todo = journal.failed_at(name, rows)
+        todo = journal.failed_at(name, rows) if tiers is None or name in tiers else []
         if not todo:
             continue
         try:
@@ -273,15 +274,25 @@ def reapply(rows: Sequence[PurgeRequest]) -> None:
     journal.mark_missed(rows, _tiers)
 
 
-def recover(using: str = "default") -> int:
-    """Reapply every unfinished journal row that a tier missed; the number of rows.
+class RecoveryFailed(Exception):
+    """A tier's invalidations missed earlier failed again (they stay in the journal)."""
 
-    A tier calls this when its cache comes back after an outage.
+
+def recover(using: str = "default", *, tier: str | None = None) -> int:
+    """Reapply every unfinished journal row that a tier (or only ``tier``) missed; the number of
+    rows.
+
+    A tier calls this with its name before it serves anything again after a failure, and
+    periodically for failures seen by other processes: with ``tier``, raises
+    :class:`RecoveryFailed` (the rows saved with the new error) when that tier fails again.
     """
-    if not _tiers:
+    names = list(_tiers) if tier is None else [name for name in _tiers if name == tier]
+    if not names:
         return 0
     rows = list(journal.unfinished(using, missed=True))
     if rows:
-        reapply(rows)
+        reapply(rows, names)
         PurgeRequest.objects.using(using).bulk_update(rows, ["results", "tier_missed"])
+        if tier is not None and journal.failed_at(tier, rows):
+            raise RecoveryFailed(rows[0].results[tier].get("error", ""))
     return len(rows)

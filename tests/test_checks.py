@@ -157,7 +157,9 @@ def test_unknown_attribute() -> None:
 def test_ignored_cache_exceptions_warn() -> None:
     from django.conf import settings
 
-    caches = {"default": {**settings.CACHES["default"], "OPTIONS": {"IGNORE_EXCEPTIONS": True}}}
+    default = settings.CACHES["default"]
+    options = {**default["OPTIONS"], "IGNORE_EXCEPTIONS": True}
+    caches = {"default": {**default, "OPTIONS": options}}
     with override_settings(CACHES=caches):
         assert ids() == ["tiercache.W003"]
 
@@ -168,3 +170,47 @@ def test_middleware_must_come_first() -> None:
     later = [*settings.MIDDLEWARE[1:], settings.MIDDLEWARE[0]]
     with override_settings(MIDDLEWARE=later):
         assert ids() == ["tiercache.W004"]
+
+
+def _query_cache(**config: Any) -> dict[str, Any]:
+    return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "q": config}
+
+
+def test_a_sharded_query_cache_is_refused() -> None:
+    shards = _query_cache(
+        BACKEND="django_redis.cache.RedisCache",
+        LOCATION=["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0"],
+        OPTIONS={
+            "CLIENT_CLASS": "django_redis.client.ShardClient",
+            "SOCKET_CONNECT_TIMEOUT": 0.5,
+            "SOCKET_TIMEOUT": 0.5,
+        },
+    )
+    with override_settings(CACHES=shards):
+        (msg,) = messages(CACHE_ALIAS="q")
+    assert msg.id == "tiercache.E009"
+    assert "ShardClient" in msg.msg
+    assert "SentinelClient" in (msg.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("backend", "timeouts"),
+    [
+        ("django_redis.cache.RedisCache", {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5}),
+        (
+            "django.core.cache.backends.redis.RedisCache",
+            {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        ),
+    ],
+)
+def test_a_query_cache_without_timeouts_is_warned_about(
+    backend: str, timeouts: dict[str, float]
+) -> None:
+    location = "redis://127.0.0.1:1/0"
+    with override_settings(CACHES=_query_cache(BACKEND=backend, LOCATION=location)):
+        (msg,) = messages(CACHE_ALIAS="q")
+    assert msg.id == "tiercache.W006"
+    assert all(name in (msg.hint or "") for name in timeouts)
+    timed = _query_cache(BACKEND=backend, LOCATION=location, OPTIONS=timeouts)
+    with override_settings(CACHES=timed):
+        assert ids(CACHE_ALIAS="q") == []

@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from django.core.cache import BaseCache, caches
-from django.db import models
+from django.db import DatabaseError, models
 
 from django_tiercache import collector, invalidation, stats
 from django_tiercache.conf import MAX_TIMEOUT, tiercache_settings
 from django_tiercache.keys import normalize_keys
 from django_tiercache.query.transport import Entry, Transport, is_fresh, transport_for
+from django_tiercache.redact import redact
 
 _M = TypeVar("_M", bound=models.Model)
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 #: Version tokens outlive every entry (entry TTLs are capped below this), so a token that expires
 #: can never make an old entry match again.
 VERSION_TIMEOUT = 2 * MAX_TIMEOUT
+#: The query tier's name in the journal (``PurgeRequest.results``).
+TIER = "query"
 #: Longest time a single-flight lock is held by a caller that died while computing.
 LOCK_TIMEOUT = 30
 
@@ -57,33 +60,45 @@ class Lookup:
 
 
 class _Outage:
-    """Fail-open bookkeeping: one warning per outage, one notice on recovery."""
+    """Fail-open bookkeeping and circuit breaker: one warning per outage, one notice on recovery.
+
+    After a failure the cache is left alone for ``RETRY_INTERVAL`` seconds (reads go to the
+    database at once); then one caller at a time tries it again, so an unreachable Redis costs
+    at most one timeout per interval, not one per query.
+    """
 
     def __init__(self) -> None:
         self.down = False
+        self._retry_at = 0.0
         self._lock = threading.Lock()
 
     def failed(self, exc: Exception) -> None:
         stats.incr("query_errors")
         with self._lock:
             first, self.down = not self.down, True
+            self._retry_at = time.monotonic() + float(tiercache_settings.RETRY_INTERVAL)
         if first:
             logger.warning(
                 "tiercache: query-tier cache unavailable (%s: %s); reading from the database "
                 "until it recovers",
                 type(exc).__name__,
-                exc,
+                redact(str(exc)),
             )
 
-    def succeeded(self) -> bool:
-        """Note a working cache; True for the first success after an outage."""
-        if not self.down:
-            return False
+    def may_retry(self) -> bool:
+        """Whether this caller may try the cache again (at most one per ``RETRY_INTERVAL``)."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._retry_at:
+                return False
+            self._retry_at = now + float(tiercache_settings.RETRY_INTERVAL)
+            return True
+
+    def recovered(self) -> None:
         with self._lock:
             was_down, self.down = self.down, False
         if was_down:
             logger.warning("tiercache: query-tier cache recovered")
-        return was_down
 
 
 class _Recent:
@@ -125,6 +140,7 @@ class QueryResults:
         self._transport: Transport | None = None
         self._prefix_cache: tuple[str, tuple[str, str, str]] | None = None
         self.recently_invalidated = _Recent()
+        self._next_poll = 0.0
         tiercache_settings.on_reload(self._forget_transport)
 
     # -- names --------------------------------------------------------------------------------
@@ -156,7 +172,13 @@ class QueryResults:
 
     # -- cache access, failing open -------------------------------------------------------------
 
-    def _guard(self, operation: Callable[..., Any], *args: Any) -> Any:
+    def _guard(self, operation: Callable[..., Any], *args: Any, replay: bool = True) -> Any:
+        """``operation(*args)``, failing open: :class:`CacheUnavailable` instead of a cache
+        error (``FAIL_OPEN``). With ``replay``, nothing reaches the cache while an invalidation
+        that failed is still to be replayed (see :meth:`_replay`)."""
+        recovering = replay and (self.outage.down or self._poll_due())
+        if recovering:
+            self._replay()
         try:
             result = operation(*args)
         except Exception as exc:
@@ -164,35 +186,57 @@ class QueryResults:
                 raise
             self.outage.failed(exc)
             raise CacheUnavailable from exc
-        if self.outage.succeeded():
-            # Back after an outage: commits made meanwhile could not invalidate (the journal kept
-            # their keys). Invalidate them before anything is served; this one call reads the
-            # database.
-            self._recover()
-            raise CacheUnavailable
+        if recovering:
+            self.outage.recovered()
         return result
 
-    def _recover(self) -> None:
+    def _poll_due(self) -> bool:
+        """Whether this process should look for invalidations that failed elsewhere now."""
+        poll = tiercache_settings.RECOVERY_POLL
+        now = time.monotonic()
+        if poll is None or now < self._next_poll:
+            return False
+        self._next_poll = now + float(poll)
+        return True
+
+    def _replay(self) -> None:
+        """Replay every query-tier invalidation that failed (in any process) before anything
+        is served; raise :class:`CacheUnavailable` until that went through. While the cache is
+        down only one caller per ``RETRY_INTERVAL`` tries (the circuit breaker)."""
+        fail_open = tiercache_settings.FAIL_OPEN
+        if self.outage.down and fail_open and not self.outage.may_retry():
+            raise CacheUnavailable
         try:
-            invalidation.recover()
-        except Exception:
-            logger.exception("tiercache: re-invalidating the keys missed during the outage failed")
+            invalidation.recover(tier=TIER)
+        except DatabaseError:
+            # The journal cannot be read: a process that saw a failure keeps off the cache; one
+            # that only came to look carries on (the database fails its queries as well).
+            logger.exception("tiercache: could not read the journal for failed invalidations")
+            if self.outage.down:
+                raise CacheUnavailable from None
+        except Exception as exc:
+            if not fail_open:
+                raise
+            self.outage.failed(exc)
+            raise CacheUnavailable from exc
 
     @property
     def transport(self) -> Transport:
-        """How to reach the cache. A django-redis one serves every thread (each gets a Redis
-        connection of its own) until the settings change; any other wraps this thread's cache
+        """How to reach the cache. On Redis one transport (over the cache's connection pool)
+        serves every thread until the settings change; any other wraps this thread's cache
         object."""
         transport = self._transport
         if transport is not None and transport.shared:
             return transport
         cache = self.cache
         if transport is None or transport.cache is not cache:
-            transport = self._transport = transport_for(cache)
+            transport = self._transport = transport_for(tiercache_settings.CACHE_ALIAS)
         return transport
 
     def _forget_transport(self) -> None:
+        """New settings, maybe a new cache: a new transport, and the old cache's outage is over."""
         self._transport = None
+        self.outage = _Outage()
 
     def lookup(self, name: str, tags: Sequence[str], *, lock: bool = False) -> Lookup:
         """Read the entry and the versions of ``tags``: one round trip for a hit.
@@ -238,7 +282,8 @@ class QueryResults:
                 created,
                 VERSION_TIMEOUT,
                 self.lock_key(name) if locked else None,
-            )
+            ),
+            replay=not locked,  # a lock holder always writes: the write releases the lock
         )
 
     # -- public API -----------------------------------------------------------------------------
@@ -288,12 +333,12 @@ class QueryResults:
     ) -> Any:
         """Serve ``name`` or compute it once: the engine behind querysets and ``get_or_set``.
 
-        A fresh valid entry is a hit. A valid entry past its freshness but within
-        ``STALE_TIMEOUT`` is served stale while one caller (holding the lock) refreshes it. On a
-        miss one caller computes and the others wait up to ``SINGLE_FLIGHT_WAIT`` seconds for
-        its result. After computing, the entry is stored unless ``storable()`` says otherwise.
-        With the cache down, ``compute()`` is returned as is. ``expect_miss`` tries the lock in
-        the reading round trip (two round trips for a miss instead of three).
+        Read; a fresh valid entry is a hit. Otherwise :meth:`_claim` the entry: serve what
+        another caller just stored or, within ``STALE_TIMEOUT``, the expired entry while the
+        lock holder refreshes it; or become the caller that computes. Then
+        :meth:`_compute_and_store`. With the cache down, ``compute()`` is returned as is.
+        ``expect_miss`` tries the lock in the reading round trip (one round trip before the
+        database instead of two).
         """
         ttl = _ttl(timeout)  # a bad timeout raises here, before any lock is taken
         scope = collector.current()
@@ -301,49 +346,67 @@ class QueryResults:
             scope.keys.update(tags)
         try:
             found = self.lookup(name, tags, lock=expect_miss)
+            if found.fresh:
+                stats.incr("query_hits")
+                if scope is not None:
+                    scope.hits += 1
+                return found.entry.value  # type: ignore[union-attr]
+            if scope is not None:
+                scope.misses += 1
+            found, serve = self._claim(name, tags, found, lock_tried=expect_miss)
         except CacheUnavailable:
             return compute()
-        if found.fresh:
-            stats.incr("query_hits")
-            if scope is not None:
-                scope.hits += 1
+        if serve:
             return found.entry.value  # type: ignore[union-attr]
-        if scope is not None:
-            scope.misses += 1
-        locked = found.locked
-        if not expect_miss:
+        stats.incr("query_misses")
+        return self._compute_and_store(name, tags, found, compute, ttl, storable)
+
+    def _claim(
+        self, name: str, tags: Sequence[str], found: Lookup, *, lock_tried: bool
+    ) -> tuple[Lookup, bool]:
+        """After a read that was not a hit: ``(entry, True)`` to serve an entry, ``(versions,
+        False)`` to compute (with ``versions.locked`` when this caller holds the lock)."""
+        if not lock_tried:
             # Take the lock and look again in one round trip: whoever held it may have just
             # stored a fresh entry, which then is served instead of being computed twice.
-            try:
-                found = self.lookup(name, tags, lock=True)
-            except CacheUnavailable:
-                return compute()
-            locked = found.locked
+            found = self.lookup(name, tags, lock=True)
             if found.fresh:
-                if locked:
+                if found.locked:
                     self._unlock(name)
                 stats.incr("query_hits")
-                return found.entry.value  # type: ignore[union-attr]
-        if not locked and found.valid:  # expired, within the stale window: serve it stale
+                return found, True
+        if found.locked:
+            return found, False
+        if found.valid:  # expired, within the stale window: served while the holder refreshes
             stats.incr("query_stale")
-            return found.entry.value  # type: ignore[union-attr]
-        if not locked:
-            waited = self._wait_for(name, tags)
-            if waited is not None:
-                stats.incr("query_hits")
-                return waited.entry.value  # type: ignore[union-attr]
-            found = self._relookup(name, tags, found)
-        stats.incr("query_misses")
+            return found, True
+        waited = self._wait_for(name, tags)
+        if waited is not None:
+            stats.incr("query_hits")
+            return waited, True
+        return self._relookup(name, tags, found), False
+
+    def _compute_and_store(
+        self,
+        name: str,
+        tags: Sequence[str],
+        before: Lookup,
+        compute: Callable[[], Any],
+        ttl: float,
+        storable: Callable[[], bool] | None,
+    ) -> Any:
+        """``compute()``, stored with the versions read ``before`` unless ``storable()`` says
+        no; the lock, if held, is released whatever happens."""
         try:
             value = compute()
         except BaseException:
-            if locked:
+            if before.locked:
                 self._unlock(name)
             raise
         try:
             if storable is None or storable():
-                self._store(name, tags, found, value, ttl, locked)
-            elif locked:
+                self._store(name, tags, before, value, ttl, before.locked)
+            elif before.locked:
                 self._unlock(name)
         except CacheUnavailable:
             pass
@@ -351,7 +414,8 @@ class QueryResults:
 
     def _unlock(self, name: str) -> None:
         with contextlib.suppress(CacheUnavailable):
-            self._guard(self.transport.unlock, self.lock_key(name))
+            # Always tried: a lock left behind would hold every other caller back.
+            self._guard(self.transport.unlock, self.lock_key(name), replay=False)
 
     def _wait_for(self, name: str, tags: Sequence[str]) -> Lookup | None:
         """Poll for the entry another caller is computing; None after the bounded wait."""
@@ -386,7 +450,13 @@ class QueryResults:
         keys = normalize_keys(keys)
         if keys:
             token = secrets.randbits(62)
-            self.transport.invalidate([self.version_key(k) for k in keys], token, VERSION_TIMEOUT)
+            try:
+                self.transport.invalidate(
+                    [self.version_key(k) for k in keys], token, VERSION_TIMEOUT
+                )
+            except Exception as exc:
+                self.outage.failed(exc)  # serve nothing here until it is replayed
+                raise
             self.recently_invalidated.note(keys)
 
     def invalidate_all(self) -> None:
@@ -423,7 +493,7 @@ def connect() -> None:
     """Register the query tier with the orchestrator: invalidated first on every commit."""
     invalidation.register_tier(
         invalidation.TierHandler(
-            name="query",
+            name=TIER,
             # Looked up on each call, so a replaced or patched method is the one called.
             invalidate=lambda keys: query_results.invalidate(keys),
             invalidate_all=lambda: query_results.invalidate_all(),

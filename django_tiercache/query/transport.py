@@ -1,30 +1,32 @@
 """How the query tier talks to its cache.
 
-With django-redis (:class:`DjangoRedisTransport`) a hit is one ``MGET`` of the entry and its
-version tokens. The locking read is a small Lua script: the entry, the tokens and, when the entry
-is not fresh and valid (checked in Redis, from a plain header before the pickle), the
-single-flight lock, atomically. The write (the entry, new version tokens only where still absent,
-the lock released) is plain commands sent without waiting for their replies, on the thread's own
-connection. Any other Django cache (:class:`Transport`) gets the same semantics through
-``get_many``/``add``/``set``/``delete``, in more round trips.
+On Redis (:class:`RedisTransport`) everything goes through the configured cache's own redis-py
+client to the primary, so its connection pool, Sentinel discovery, TLS, ACL, timeouts and retries
+apply: a hit is one ``MGET`` of the entry and its version tokens; the locking read is a Lua
+script (``lua/read.lua``, a redis-py ``Script``) that reads them and takes the single-flight lock
+atomically; a write is one pipeline. Any other Django cache (:class:`Transport`) gets the same
+semantics through ``get_many``/``add``/``set``/``delete``, in more round trips.
+
+:func:`transport_for` picks the transport by what the cache can do and refuses, with
+:class:`UnsupportedCache`, a shape it cannot serve correctly (the ``tiercache.E009`` check
+reports it at start-up).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
+import pickle
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
-from django.core.cache import BaseCache
+from django.conf import settings
+from django.core.cache import BaseCache, caches
 from django.core.cache.backends.base import default_key_func
-from django_redis.compressors.identity import IdentityCompressor
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+from django.core.exceptions import ImproperlyConfigured
 
-from django_tiercache import stats
+from django_tiercache.conf import tiercache_settings
 
 
 class Entry(NamedTuple):
@@ -36,43 +38,22 @@ class Entry(NamedTuple):
     value: Any
 
 
-# The entry is stored behind a plain header, "<fresh until, ms> <token>,<token>...\n", so that
-# the read script can tell a fresh, valid entry from one to recompute without unpickling it.
-# KEYS: entry, version keys..., lock; ARGV: lock ttl, now (ms).
-# Returns the entry (false when its tokens are not the current ones, 0 when it is not an entry),
-# the current tokens, and whether the lock was taken: tried when the entry is not fresh and valid.
-_READ = """
-local n = #KEYS - 1
-local values = redis.call('MGET', unpack(KEYS, 1, n))
-local entry = values[1]
-local fresh = false
-if entry then
-  local stop = string.find(entry, '\\n', 1, true)
-  local space = stop and string.find(entry, ' ', 1, true)
-  local fresh_until = space and space < stop and tonumber(string.sub(entry, 1, space - 1))
-  if not fresh_until then
-    values[1] = 0  -- not an entry of ours
-  else
-    local tokens = {}
-    for i = 2, n do tokens[i - 1] = values[i] or '-' end
-    if string.sub(entry, space + 1, stop - 1) == table.concat(tokens, ',') then
-      fresh = fresh_until > tonumber(ARGV[2])
-    else
-      values[1] = false  -- outdated
-    end
-  end
-end
-local locked = 0
-if not fresh then
-  if redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[1]) then
-    locked = 1
-  end
-end
-values[#values + 1] = locked
-return values
-"""
+#: What :meth:`Transport.read` returns for an entry it cannot read (a miss, counted as an error).
+GARBAGE = object()
 
-_READ_SHA = hashlib.sha1(_READ.encode(), usedforsecurity=False).hexdigest()
+_READ_SCRIPT = (Path(__file__).parent / "lua" / "read.lua").read_text()
+
+
+class ReplicationError(Exception):
+    """Fewer replicas than ``WAIT_FOR_REPLICAS`` confirmed an invalidation in time."""
+
+
+class UnsupportedCache(ImproperlyConfigured):
+    """The query-tier cache has a shape the query tier cannot serve correctly."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(f"{message} {hint}")
+        self.message, self.hint = message, hint
 
 
 def is_fresh(entry: Any, current: Sequence[int | None]) -> bool:
@@ -115,8 +96,9 @@ class Transport:
         self.cache.delete(lock_key)
 
     def invalidate(self, version_keys: Sequence[str], token: int, ttl: int) -> None:
-        """Give every key in ``version_keys`` the version ``token``; waits for the reply."""
-        self.cache.set_many(dict.fromkeys(version_keys, token), ttl)
+        """Give every key in ``version_keys`` the version ``token``; raises unless all were set."""
+        if self.cache.set_many(dict.fromkeys(version_keys, token), ttl):
+            raise RuntimeError("the cache did not store every version token")
 
     def write(
         self,
@@ -135,104 +117,44 @@ class Transport:
             self.cache.delete(unlock_key)
 
 
-#: What :meth:`Transport.read` returns for an entry it cannot read (a miss, counted as an error).
-GARBAGE = object()
+class RedisTransport(Transport):
+    """Redis through the cache's own redis-py client (``client``, connected to the primary).
 
-
-class _Line(threading.local):
-    """This thread's own connection to Redis and how many replies on it are still unread."""
-
-    def __init__(self) -> None:
-        self.connection: Any = None
-        self.unread = 0
-
-
-class DjangoRedisTransport(Transport):
-    """django-redis, over one connection per thread: a Lua script for the locking read (validity
-    checked in Redis), plain commands to write, sent without waiting for their replies.
-
-    Each thread talks to Redis over a connection of its own (outside django-redis' pool, closed
-    when the thread ends), so its commands reach Redis in the order it sent them. That lets a
-    write go out without waiting: its reply is read before the reply of the thread's next
-    command, and that next command, sent later on the same connection, already sees the write.
-    A cache miss so costs one round trip (the read), not two.
+    ``encode``/``decode`` turn an :class:`Entry` into bytes and back (django-redis' serializer
+    and compressor, or pickle). Every call takes a connection from the client's pool and gives
+    it back with every reply read; one instance serves every thread.
     """
 
     shared = True
 
-    def __init__(self, cache: BaseCache) -> None:
+    def __init__(
+        self,
+        cache: BaseCache,
+        client: Any,
+        encode: Callable[[Any], bytes],
+        decode: Callable[[bytes], Any],
+    ) -> None:
         super().__init__(cache)
-        self.client: Any = cache.client  # type: ignore[attr-defined]
+        self.client = client
+        self._encode, self._decode = encode, decode
+        self._read_script = client.register_script(_READ_SCRIPT)
         # Django's default key function, computed once instead of per key.
         self._prefix = (
             f"{cache.key_prefix}:{cache.version}:" if cache.key_func is default_key_func else None
         )
-        compressor = getattr(self.client, "_compressor", None)
-        serializer = getattr(self.client, "_serializer", None)
-        if type(compressor) is IdentityCompressor and serializer is not None:
-            self._loads = serializer.loads  # skip django-redis' int and decompression attempts
-        else:
-            self._loads = self.client.decode
-        self._line = _Line()
 
-    def _connection(self) -> Any:
-        line = self._line
-        connection = line.connection
-        if connection is None or connection.pid != os.getpid():  # new thread, or forked
-            pool = self.client.get_client(write=True).connection_pool
-            connection = line.connection = pool.connection_class(**pool.connection_kwargs)
-            line.unread = 0
-        return connection
-
-    def _exchange(self, *commands: tuple[Any, ...], wait: bool = True) -> list[Any]:
-        """Send ``commands`` in one write and read their replies (none without ``wait``: they
-        are read before the next exchange's). A connection the server closed is replaced and
-        the commands sent once more, as redis-py's default retry does; a timeout is final."""
-        for attempt in (1, 2):
-            connection = self._connection()
-            try:
-                connection.send_packed_command([_pack(commands)])
-                unread, self._line.unread = self._line.unread, 0
-                for _ in range(unread):
-                    self._read_deferred(connection)
-                if not wait:
-                    self._line.unread = len(commands)
-                    return []
-                return [connection.read_response() for _ in commands]
-            except BaseException as exc:
-                # Replies may be in flight or unread: this connection is out of step for good.
-                connection.disconnect()
-                self._line.connection = None
-                if attempt == 2 or not isinstance(exc, RedisConnectionError):
-                    raise
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _read_deferred(connection: Any) -> None:
-        try:
-            connection.read_response()
-        except ResponseError:  # read whole: the connection is still in step
-            stats.incr("query_errors")  # an entry not stored: a later read recomputes it
-
-    def _key(self, key: str) -> Any:
-        return self._prefix + key if self._prefix is not None else self.client.make_key(key)
+    def _key(self, key: str) -> str:
+        return self._prefix + key if self._prefix is not None else self.cache.make_key(key)
 
     def read(
         self, entry_key: str, version_keys: Sequence[str], lock_key: str | None, lock_ttl: int
     ) -> tuple[Any, list[int | None], bool]:
         keys = [self._key(entry_key), *map(self._key, version_keys)]
         if lock_key is None:
-            (values,) = self._exchange(("MGET", *keys))
-            values.append(0)
+            values = [*self.client.mget(keys), 0]
         else:
-            keys.append(self._key(lock_key))
             now = int(time.time() * 1000)
-            command = ("EVALSHA", _READ_SHA, len(keys), *keys, lock_ttl, now)
-            try:
-                (values,) = self._exchange(command)
-            except NoScriptError:  # a Redis that has not seen the script yet
-                self._exchange(("SCRIPT", "LOAD", _READ))
-                (values,) = self._exchange(command)
+            values = self._read_script(keys=[*keys, self._key(lock_key)], args=[lock_ttl, now])
         return self._entry(values[0]), [_token(v) for v in values[1:-1]], bool(values[-1])
 
     def _entry(self, raw: bytes | int | None) -> Any:
@@ -240,12 +162,12 @@ class DjangoRedisTransport(Transport):
             return None if raw is None else GARBAGE
         stop = raw.find(b"\n")
         try:
-            return self._loads(raw[stop + 1 :]) if stop >= 0 else GARBAGE
+            return self._decode(raw[stop + 1 :]) if stop >= 0 else GARBAGE
         except Exception:
             return GARBAGE
 
     def unlock(self, lock_key: str) -> None:
-        self._exchange(("DEL", self._key(lock_key)))
+        self.client.delete(self._key(lock_key))
 
     def write(
         self,
@@ -256,33 +178,34 @@ class DjangoRedisTransport(Transport):
         version_ttl: int,
         unlock_key: str | None,
     ) -> None:
-        # Plain commands, in order on this connection: a reader in between sees the entry without
-        # its new tokens (a miss) or the lock still held (it waits), never a wrong value.
+        # In this order: a reader in between sees the entry without its new tokens (a miss) or
+        # the lock still held (it waits), never a wrong value.
         header = f"{int(entry.fresh_until * 1000)} {','.join(map(str, entry.versions))}\n"
-        value = header.encode() + self.client.encode(entry)
-        commands: list[tuple[Any, ...]] = [
-            ("SET", self._key(entry_key), value, "PX", max(1, int(ttl * 1000)))
-        ]
-        for key, token in new_versions.items():
-            commands.append(("SET", self._key(key), token, "NX", "EX", version_ttl))
-        if unlock_key is not None:
-            commands.append(("DEL", self._key(unlock_key)))
-        self._exchange(*commands, wait=False)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self._key(entry_key), header.encode() + self._encode(entry), px=_ms(ttl))
+            for key, token in new_versions.items():
+                pipe.set(self._key(key), token, nx=True, ex=version_ttl)
+            if unlock_key is not None:
+                pipe.delete(self._key(unlock_key))
+            pipe.execute()
 
     def invalidate(self, version_keys: Sequence[str], token: int, ttl: int) -> None:
-        self._exchange(*(("SET", self._key(key), token, "EX", ttl) for key in version_keys))
+        """Set the tokens; with ``WAIT_FOR_REPLICAS``, raise unless that many replicas have
+        them within ``WAIT_TIMEOUT`` (a primary that lost its replicas, e.g. one that a
+        failover left behind, would otherwise acknowledge writes that are then lost)."""
+        replicas = int(tiercache_settings.WAIT_FOR_REPLICAS)
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in version_keys:
+                pipe.set(self._key(key), token, ex=ttl)
+            if replicas:
+                pipe.wait(replicas, _ms(float(tiercache_settings.WAIT_TIMEOUT)))
+            replies = pipe.execute()  # raises on any error reply, an OOM included
+        if replicas and replies[-1] < replicas:
+            raise ReplicationError(f"{replies[-1]} of {replicas} replica(s) confirmed the write")
 
 
-def _pack(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    """``commands`` in the Redis protocol (arguments: bytes, str or int), in one buffer."""
-    parts: list[bytes] = []
-    for command in commands:
-        parts.append(b"*%d\r\n" % len(command))
-        for argument in command:
-            if not isinstance(argument, bytes):
-                argument = str(argument).encode()
-            parts += (b"$%d\r\n" % len(argument), argument, b"\r\n")
-    return b"".join(parts)
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _tokens(found: Mapping[str, Any], keys: Sequence[str]) -> list[int | None]:
@@ -290,15 +213,63 @@ def _tokens(found: Mapping[str, Any], keys: Sequence[str]) -> list[int | None]:
 
 
 def _token(raw: bytes | None) -> int | None:
-    """A version token as Redis returned it (django-redis stores integers as digits)."""
+    """A version token as Redis returned it (stored as digits)."""
     try:
         return int(raw) if raw is not None else None
     except ValueError:
         return None  # not ours: an entry never matches it
 
 
-def transport_for(cache: BaseCache) -> Transport:
+def _pickle(value: Any) -> bytes:
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def transport_for(alias: str) -> Transport:
+    """The transport for the cache ``alias``, chosen by what the cache can do.
+
+    Raises :class:`UnsupportedCache` for a cache that is Redis but not servable correctly.
+    """
+    cache: Any = caches[alias]
+    if isinstance(cache, RedisCache):
+        return RedisTransport(cache, _django_primary(alias), _pickle, pickle.loads)
     client = getattr(cache, "client", None)
-    if client is not None and hasattr(client, "get_client") and hasattr(client, "decode"):
-        return DjangoRedisTransport(cache)
-    return Transport(cache)
+    if client is None or not hasattr(client, "get_client"):
+        return Transport(cache)
+    _refuse_shards(client)
+    primary = client.get_client(write=True)
+    _refuse_cluster(primary)
+    return RedisTransport(cache, primary, client.encode, client.decode)
+
+
+def _django_primary(alias: str) -> Any:
+    """A client of the first server of Django's RedisCache ``alias``: its primary, where it
+    writes (Django gives no public access to its own client, so this is a pool of ours, built
+    from the same ``LOCATION`` and ``OPTIONS``)."""
+    config: dict[str, Any] = settings.CACHES[alias]
+    location = config["LOCATION"]
+    servers = location.replace(";", ",").split(",") if isinstance(location, str) else location
+    return RedisCacheClient([servers[0]], **config.get("OPTIONS", {})).get_client(write=True)
+
+
+def _refuse_shards(client: Any) -> None:
+    from django_redis.client import ShardClient
+
+    if isinstance(client, ShardClient):
+        raise UnsupportedCache(
+            "The query-tier cache uses django-redis' ShardClient, which the query tier does "
+            "not support: an entry and its version tokens can live on different servers, "
+            "with no atomic read across them.",
+            "Use DefaultClient (one primary, optional replicas) or SentinelClient for "
+            "TIERCACHE['CACHE_ALIAS'], or give the query tier a cache of its own.",
+        )
+
+
+def _refuse_cluster(primary: Any) -> None:
+    from redis.cluster import RedisCluster
+
+    if isinstance(primary, RedisCluster):
+        raise UnsupportedCache(
+            "The query-tier cache is a Redis Cluster client, which the query tier does not "
+            "support yet.",
+            "Give the query tier a cache on a single primary (with replicas or Sentinel).",
+        )
