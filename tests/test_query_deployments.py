@@ -9,15 +9,17 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.core.cache import caches
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from django_tiercache import stats
 from django_tiercache.models import PurgeRequest
@@ -47,6 +49,15 @@ def price(pk: int) -> Decimal:
     return Product.objects.cached().get(pk=pk).price
 
 
+def django_redis(location: Any, **options: Any) -> dict[str, Any]:
+    """A django-redis cache on ``location``, with socket timeouts and ``options``."""
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": location,
+        "OPTIONS": {**TIMEOUTS, **options},
+    }
+
+
 def use_cache(settings: Any, config: dict[str, Any], **tiercache: Any) -> None:
     settings.CACHES = {**settings.CACHES, "query": config}
     settings.TIERCACHE = {**settings.TIERCACHE, "CACHE_ALIAS": "query", **tiercache}
@@ -71,14 +82,7 @@ def stale_reads(pen: Product, cycles: int, start: int = 0) -> int:
 @pytest.fixture
 def plain(settings: Any) -> Iterator[RedisServer]:
     with private_redis() as server:
-        use_cache(
-            settings,
-            {
-                "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": server.url,
-                "OPTIONS": TIMEOUTS,
-            },
-        )
+        use_cache(settings, django_redis(server.url))
         yield server
         caches["query"].close()
 
@@ -94,14 +98,13 @@ def test_primary_with_a_replica_cut_from_it(pen: Product, settings: Any, backend
     """Version tokens and locks come from the primary: a replica that stopped replicating (and
     still answers, with old data) never makes an invalidated entry current again."""
     with primary_with_replica() as (primary, replica):
+        servers = [primary.url, replica.url]
         if backend == "django":
-            options: dict[str, Any] = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+            options = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
             path = "django.core.cache.backends.redis.RedisCache"
+            use_cache(settings, {"BACKEND": path, "LOCATION": servers, "OPTIONS": options})
         else:
-            options, path = TIMEOUTS, "django_redis.cache.RedisCache"
-        use_cache(
-            settings, {"BACKEND": path, "LOCATION": [primary.url, replica.url], "OPTIONS": options}
-        )
+            use_cache(settings, django_redis(servers))
         assert_hit_on_second_read(pen)
         replica.client().execute_command("REPLICAOF", "127.0.0.1", "1")  # its primary is gone
         wait_until(lambda: replica.client().info("replication")["master_link_status"] == "down")
@@ -114,19 +117,12 @@ def test_primary_with_a_replica_cut_from_it(pen: Product, settings: Any, backend
 def sentinel(settings: Any) -> Iterator[SentinelSet]:
     """django-redis' documented Sentinel recipe."""
     with sentinel_set() as found:
-        use_cache(
-            settings,
-            {
-                "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": found.url,
-                "OPTIONS": {
-                    "CLIENT_CLASS": "django_redis.client.SentinelClient",
-                    "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
-                    "SENTINELS": found.sentinels,
-                    **TIMEOUTS,
-                },
-            },
-        )
+        sentinel_options = {
+            "CLIENT_CLASS": "django_redis.client.SentinelClient",
+            "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+            "SENTINELS": found.sentinels,
+        }
+        use_cache(settings, django_redis(found.url, **sentinel_options))
         yield found
         caches["query"].close()
 
@@ -201,11 +197,7 @@ def test_an_invalidation_no_replica_confirmed_counts_as_failed(pen: Product, set
     with primary_with_replica() as (primary, replica):
         use_cache(
             settings,
-            {
-                "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": primary.url,
-                "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 2},
-            },
+            django_redis(primary.url, SOCKET_TIMEOUT=2),
             WAIT_FOR_REPLICAS=1,
             WAIT_TIMEOUT=1,  # a busy machine: below the socket timeout, above any ack delay
         )
@@ -242,11 +234,47 @@ def test_an_acl_user_over_tls(pen: Product, settings: Any, tmp_path: Any) -> Non
     )
     with private_redis(*tls, "--tls-auth-clients", "no", *users) as server:
         location = f"rediss://tc:tc-secret@127.0.0.1:{tls_port}/0"
-        options = {**TIMEOUTS, "CONNECTION_POOL_KWARGS": {"ssl_ca_certs": str(cert)}}
-        config = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location}
-        use_cache(settings, {**config, "OPTIONS": options})
+        pool = {"ssl_ca_certs": str(cert)}
+        use_cache(settings, django_redis(location, CONNECTION_POOL_KWARGS=pool))
         assert_hit_on_second_read(pen)
         assert stale_reads(pen, 100) == 0
         assert stats.get("query_errors") == 0
         assert server.client(username="tc", password="tc-secret").dbsize() > 0
         caches["query"].close()
+
+
+def test_redis_restarted_under_load_leaves_no_lock_behind(
+    pen: Product, plain: RedisServer, settings: Any
+) -> None:
+    """Readers keep reading while Redis is killed and started again: none of them sees an
+    error, and once every reader is done no single-flight lock is left (an orphaned lock would
+    make every miss wait SINGLE_FLIGHT_WAIT for 30 seconds)."""
+    settings.TIERCACHE = {**settings.TIERCACHE, "RETRY_INTERVAL": 0.1}
+    assert_hit_on_second_read(pen)
+    stop, errors = threading.Event(), []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(OSError, RedisError):  # raises while Redis is down
+                    query_results.invalidate([f"testapp.product:{pen.pk}"])  # misses: locks
+                assert price(pen.pk) == Decimal(1)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    plain.stop()
+    time.sleep(0.5)
+    plain.start()  # same port, empty
+    time.sleep(1)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert plain.client().keys(f"*{query_results.lock_key('')}*") == []
+    assert_hit_on_second_read(pen)
