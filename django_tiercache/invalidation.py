@@ -289,7 +289,11 @@ def recover(using: str = "default", *, tier: str | None = None) -> int:
     names = list(_tiers) if tier is None else [name for name in _tiers if name == tier]
     if not names:
         return 0
-    rows = list(journal.unfinished(using, missed=True))
+    rows = [
+        row
+        for row in journal.unfinished(using, missed=True)
+        if any(row.results.get(name, {}).get("ok") is False for name in names)
+    ]
     if rows:
         reapply(rows, names)
         PurgeRequest.objects.using(using).bulk_update(rows, ["results", "tier_missed"])
