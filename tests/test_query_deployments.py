@@ -278,3 +278,20 @@ def test_redis_restarted_under_load_leaves_no_lock_behind(
     assert errors == []
     assert plain.client().keys(f"*{query_results.lock_key('')}*") == []
     assert_hit_on_second_read(pen)
+
+
+@pytest.mark.parametrize("backend", ["django_redis", "django"])
+def test_invalidate_all_drops_the_tier_s_keys_only(
+    pen: Product, plain: RedisServer, settings: Any, backend: str
+) -> None:
+    if backend == "django":
+        options = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+        path = "django.core.cache.backends.redis.RedisCache"
+        use_cache(settings, {"BACKEND": path, "LOCATION": plain.url, "OPTIONS": options})
+    caches["query"].set("session:1", "kept")
+    assert_hit_on_second_read(pen)
+    query_results.invalidate_all()
+    assert caches["query"].get("session:1") == "kept"
+    with CaptureQueriesContext(connection) as queries:
+        price(pen.pk)
+    assert len(queries) == 1  # the entry is gone

@@ -462,14 +462,10 @@ class QueryResults:
     def invalidate_all(self) -> None:
         """Drop every entry and version token of the query tier (``KEY_PREFIX``).
 
-        With django-redis only this library's keys go (``delete_pattern``); any other cache
-        backend is cleared whole.
+        On Redis only this library's keys go; a cache that cannot match keys (LocMem,
+        Memcached) is cleared whole.
         """
-        cache: Any = self.cache
-        if hasattr(cache, "delete_pattern"):
-            cache.delete_pattern(f"{tiercache_settings.KEY_PREFIX}:*")
-        else:
-            cache.clear()
+        self.transport.clear(f"{tiercache_settings.KEY_PREFIX}:")
 
     def versions(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current version token of each key (None when it has none yet)."""

@@ -100,6 +100,11 @@ class Transport:
         if self.cache.set_many(dict.fromkeys(version_keys, token), ttl):
             raise RuntimeError("the cache did not store every version token")
 
+    def clear(self, prefix: str) -> None:
+        """Delete every key starting with ``prefix``: here, a cache that cannot match keys,
+        everything in it."""
+        self.cache.clear()
+
     def write(
         self,
         entry_key: str,
@@ -189,6 +194,18 @@ class RedisTransport(Transport):
                 pipe.delete(self._key(unlock_key))
             pipe.execute()
 
+    def clear(self, prefix: str) -> None:
+        """Delete this tier's keys only (``SCAN`` on the primary, ``UNLINK`` in batches): never
+        the rest of the cache, as Django's ``RedisCache.clear()`` (``FLUSHDB``) would."""
+        batch: list[Any] = []
+        for key in self.client.scan_iter(match=f"{_glob_escape(self._key(prefix))}*", count=1000):
+            batch.append(key)
+            if len(batch) == 500:
+                self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            self.client.unlink(*batch)
+
     def invalidate(self, version_keys: Sequence[str], token: int, ttl: int) -> None:
         """Set the tokens; with ``WAIT_FOR_REPLICAS``, raise unless that many replicas have
         them within ``WAIT_TIMEOUT`` (a primary that lost its replicas, e.g. one that a
@@ -202,6 +219,11 @@ class RedisTransport(Transport):
             replies = pipe.execute()  # raises on any error reply, an OOM included
         if replicas and replies[-1] < replicas:
             raise ReplicationError(f"{replies[-1]} of {replicas} replica(s) confirmed the write")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _ms(seconds: float) -> int:
