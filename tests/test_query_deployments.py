@@ -87,7 +87,10 @@ def plain(settings: Any) -> Iterator[RedisServer]:
         caches["query"].close()
 
 
-def test_django_redis_default_client(pen: Product, plain: RedisServer) -> None:
+@pytest.mark.parametrize("client", ["DefaultClient", "HerdClient"])
+def test_django_redis_client(pen: Product, plain: RedisServer, settings: Any, client: str) -> None:
+    options = {"CLIENT_CLASS": f"django_redis.client.{client}"}
+    use_cache(settings, django_redis(plain.url, **options))
     assert_hit_on_second_read(pen)
     assert stale_reads(pen, 100) == 0
     assert stats.get("query_hits") >= 100
