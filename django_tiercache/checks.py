@@ -8,7 +8,9 @@ control character inside).
 Warnings: W001 query-tier cache not Redis-backed with ``DEBUG`` off, W002 ``PURGE_ASYNC`` with
 purgers but no Celery broker configured, W003 the query-tier cache hides its errors
 (``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first middleware, W005 a purger
-secret with whitespace around it (stripped before use). No message ever shows a secret.
+secret with whitespace around it (stripped before use), W007 a setting whose name looks like a
+misspelling of ``TIERCACHE`` (``TIER_CACHE``, ``TIERCACHES``…: ignored), E010 a ``WARMERS`` entry
+that cannot be imported or is not callable. No message ever shows a secret.
 The query tier's own (E009 a Redis shape it refuses, W006 no socket timeouts) are in
 :mod:`django_tiercache.query.checks`.
 
@@ -19,6 +21,7 @@ middleware) are in :mod:`django_tiercache.http.checks`, the edge tier's (purgers
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
+from django.utils.module_loading import import_string
 
 from django_tiercache.conf import DEFAULTS, MAX_TIMEOUT, SETTING_NAME, tiercache_settings
 
@@ -162,3 +166,52 @@ def check_cache(**kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_setting_name(**kwargs: Any) -> list[CheckMessage]:
+    """W007: a setting named like ``TIERCACHE`` but not quite (it would be silently ignored)."""
+    wanted = SETTING_NAME.replace("_", "")
+    names = [
+        name
+        for name in dir(settings)
+        if name.isupper()
+        and name != SETTING_NAME
+        and (
+            name.replace("_", "") == wanted
+            or difflib.SequenceMatcher(None, name.replace("_", ""), wanted).ratio() >= 0.85
+        )
+    ]
+    return [
+        CheckWarning(
+            f"settings.{name} looks like a misspelling of settings.{SETTING_NAME}; "
+            "django-tiercache ignores it.",
+            hint=f"Rename it to {SETTING_NAME}.",
+            id="tiercache.W007",
+        )
+        for name in names
+    ]
+
+
+@register(Tags.compatibility)
+def check_warmers(**kwargs: Any) -> list[CheckMessage]:
+    """E010: a ``TIERCACHE["WARMERS"]`` entry that cannot be imported or called."""
+    paths = tiercache_settings.WARMERS
+    if not isinstance(paths, list | tuple):
+        return []  # reported by E002
+    messages: list[CheckMessage] = []
+    for path in paths:
+        try:
+            problem = "" if callable(import_string(path)) else "is not callable"
+        except ImportError as exc:
+            problem = f"cannot be imported: {exc}"
+        if problem:
+            messages.append(
+                Error(
+                    f"{SETTING_NAME}['WARMERS'] entry {path!r} {problem}.",
+                    hint="Each entry is the dotted path of a function without arguments, e.g. "
+                    "'shop.warmers.home_page_products'.",
+                    id="tiercache.E010",
+                )
+            )
+    return messages

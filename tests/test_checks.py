@@ -214,3 +214,28 @@ def test_a_query_cache_without_timeouts_is_warned_about(
     timed = _query_cache(BACKEND=backend, LOCATION=location, OPTIONS=timeouts)
     with override_settings(CACHES=timed):
         assert ids(CACHE_ALIAS="q") == []
+
+
+@pytest.mark.parametrize("name", ["TIER_CACHE", "TIERCACHES", "TIERCAHCE", "TIER_CACHE_SETTINGS"])
+def test_a_misspelled_setting_name_is_reported(settings: Any, name: str) -> None:
+    setattr(settings, name, {"TIMEOUT": 60})
+    from django_tiercache.checks import check_setting_name
+
+    found = [m for m in check_setting_name() if m.id == "tiercache.W007"]
+    if name == "TIER_CACHE_SETTINGS":
+        assert found == []  # too far from TIERCACHE to be a typo of it
+    else:
+        assert [m.msg.split(" ")[0] for m in found] == [f"settings.{name}"]
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [("tests.nowhere.warm", "cannot be imported"), ("django_tiercache.conf.DEFAULTS", "callable")],
+)
+def test_warmers_that_cannot_run_are_reported(settings: Any, path: str, problem: str) -> None:
+    settings.TIERCACHE = {**settings.TIERCACHE, "WARMERS": [path]}
+    from django_tiercache.checks import check_warmers
+
+    (message,) = check_warmers()
+    assert message.id == "tiercache.E010"
+    assert problem in message.msg

@@ -405,3 +405,21 @@ def test_subprocess_unknown_names_exit_2(args: list[str], message: str) -> None:
 
     assert done.returncode == 2
     assert message in done.stderr
+
+
+@pytest.mark.parametrize("key", ["a b", "a,b", "a\nb", "a\tb"])
+def test_a_key_that_looks_like_several_gets_a_note(
+    purgers: list[locmem.PurgeCall], key: str
+) -> None:
+    err = StringIO()
+    call_command("tiercache_purge", key, stdout=StringIO(), stderr=err)
+    assert "is purged as one key" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("label", "suggestion"),
+    [("testapp.prodcut", "testapp.Product"), ("testapp.categry", "testapp.Category")],
+)
+def test_an_unknown_model_gets_a_did_you_mean(label: str, suggestion: str) -> None:
+    error, _ = purge_error("--model", label)
+    assert f"Did you mean {suggestion}" in str(error)

@@ -194,3 +194,14 @@ def test_an_unimportable_warmer_exits_2(settings: Any) -> None:
 
     assert error.returncode == 2
     assert "cannot import 'tests.nowhere.warm'" in str(error)
+
+
+def test_queries_without_any_warmer_is_a_usage_error(monkeypatch: Any) -> None:
+    from django_tiercache import warmers
+
+    monkeypatch.setattr(warmers, "_registry", {})
+
+    error, _ = warm_error("--queries")
+
+    assert error.returncode == 2
+    assert "no warmer to run" in str(error)

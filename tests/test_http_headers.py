@@ -245,6 +245,17 @@ def test_etag_is_stable_and_a_different_one_gives_the_page(client: Client) -> No
     assert response.content == b"public page"
 
 
+def test_head_gets_the_etag_of_get_and_its_304(client: Client) -> None:
+    etag = client.get("/http/public/")["ETag"]
+
+    head = client.head("/http/public/")
+    assert head.status_code == 200
+    assert head["ETag"] == etag
+    assert head.content == b""
+
+    assert client.head("/http/public/", headers={"If-None-Match": etag}).status_code == 304
+
+
 def test_if_modified_since(client: Client) -> None:
     later = client.get(
         "/http/lastmod/", headers={"If-Modified-Since": "Tue, 02 Jan 2024 00:00:00 GMT"}

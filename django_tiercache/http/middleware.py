@@ -343,10 +343,11 @@ class TierCacheMiddleware:
 
     @staticmethod
     def _conditional(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-        """ETag a successful GET and answer its conditional headers, as Django's
-        ``ConditionalGetMiddleware`` does; a 304 keeps the edge headers."""
+        """ETag a successful GET or HEAD (the same ETag: HEAD's body is GET's) and answer its
+        conditional headers, as Django's ``ConditionalGetMiddleware`` does; a 304 keeps the edge
+        headers."""
         if not (
-            request.method == "GET"
+            request.method in _CACHEABLE_METHODS
             and isinstance(response, HttpResponse)  # not streaming and file responses
             and 200 <= response.status_code < 300
         ):

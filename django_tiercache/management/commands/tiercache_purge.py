@@ -8,6 +8,7 @@ nothing was sent).
 
 from __future__ import annotations
 
+import difflib
 import sys
 from argparse import ArgumentParser
 from collections.abc import Sequence
@@ -167,7 +168,7 @@ class Command(BaseCommand):
     def collect_keys(self, options: dict[str, Any]) -> set[str]:
         keys: set[str] = set()
         for key in options["keys"]:
-            if any(separator in key.strip() for separator in " ,"):
+            if any(separator in key.strip() for separator in " ,\t\n\r"):
                 self.stderr.write(
                     f"Note: {key!r} is purged as one key. Pass the keys of a Surrogate-Key or "
                     "Cache-Tag header as separate arguments."
@@ -186,8 +187,11 @@ class Command(BaseCommand):
         try:
             return apps.get_model(label)
         except (LookupError, ValueError) as exc:
+            labels = {model._meta.label.lower(): model._meta.label for model in apps.get_models()}
+            close = difflib.get_close_matches(label.lower(), labels, n=2, cutoff=0.75)
+            hint = f" Did you mean {' or '.join(labels[c] for c in close)}?" if close else ""
             raise usage_error(
-                f"Unknown model {label!r}: use app_label.ModelName, e.g. auth.User."
+                f"Unknown model {label!r}: use app_label.ModelName, e.g. auth.User.{hint}"
             ) from exc
 
     def get_object(self, spec: str, using: str) -> models.Model:

@@ -268,6 +268,13 @@ class Command(BaseCommand):
             warmers = get_warmers()
         except WarmerError as exc:
             raise CommandError(str(exc), returncode=2) from exc
+        if not warmers:
+            raise CommandError(
+                "--queries: no warmer to run. Decorate functions with @django_tiercache.warmer "
+                "in a warmers module of an installed app, or list their dotted paths in "
+                "TIERCACHE['WARMERS'].",
+                returncode=2,
+            )
         before = stats.snapshot()
         failures: list[Outcome] = []
         for name, func in warmers.items():
