@@ -132,9 +132,9 @@ def celery_app() -> Iterator[Celery]:
     previous.set_current()
 
 
-def test_async_purges_without_celery_warn(celery_app: Celery) -> None:
+def test_async_purges_without_celery_say_they_are_synchronous(celery_app: Celery) -> None:
     edge = {"edge": {"BACKEND": LOCMEM}}
-    assert ids(PURGE_ASYNC=True, PURGERS=edge) == ["tiercache.W002"]
+    assert ids(PURGE_ASYNC=True, PURGERS=edge) == ["tiercache.I001"]
     assert ids(PURGE_ASYNC=False, PURGERS=edge) == []
     celery_app.conf.broker_url = "amqp://guest:guest@127.0.0.1:5672//"
     assert ids(PURGE_ASYNC=True, PURGERS=edge) == []

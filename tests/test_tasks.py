@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_tiercache.edge.outbox import REDRIVE_BACKOFF_MAX
+from django_tiercache.edge.purgers import locmem
 from django_tiercache.edge.tasks import (
     MAX_RETRIES,
     RETRY_BACKOFF,
@@ -371,3 +373,23 @@ def test_a_silent_broker_delays_a_commit_by_the_publish_timeout_only(
     assert row.attempts == 0
     assert "stay pending for a redrive" in caplog.text
     assert len(api.calls) == 0
+
+
+@pytest.mark.parametrize("celery", ["unconfigured", "not installed"])
+def test_without_a_configured_celery_purges_are_delivered_after_commit(
+    settings: Any, category: Category, monkeypatch: pytest.MonkeyPatch, celery: str
+) -> None:
+    """PURGE_ASYNC with no usable Celery: synchronous delivery, never a publish to Celery's
+    default broker on localhost (which nobody configured)."""
+    settings.TIERCACHE = {
+        **settings.TIERCACHE,
+        "PURGE_ASYNC": True,
+        "PURGERS": {"edge": {"BACKEND": "django_tiercache.purgers.locmem.LocMemPurger"}},
+    }
+    if celery == "not installed":
+        monkeypatch.setitem(sys.modules, "celery", None)  # import celery raises ImportError
+    for _ in use_app():  # a Celery app without broker_url, as Celery's default one
+        with transaction.atomic():
+            pen = Product.objects.create(name="Sync", category=category)
+    assert PurgeRequest.objects.get().status == PurgeRequest.Status.DONE
+    assert f"testapp.product:{pen.pk}" in locmem.purged_keys("edge")

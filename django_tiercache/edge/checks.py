@@ -1,4 +1,4 @@
-"""System checks of the edge tier: purgers (E004/E005, W002), their secrets (E008/W005) and the
+"""System checks of the edge tier: purgers (E004/E005, I001), their secrets (E008/W005) and the
 dispatcher (E007).
 Registered on import, from ``AppConfig.ready()``."""
 
@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import CheckMessage, Error, Info, Tags, register
 from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
 from django_tiercache.conf import SETTING_NAME, tiercache_settings
+from django_tiercache.edge.dispatch import celery_configured
 from django_tiercache.edge.purgers import PurgerConfigError, build_purger
 from django_tiercache.edge.purgers.base import PurgerSecretError
 from django_tiercache.edge.purgers.http_api import secret_problem
@@ -43,14 +44,21 @@ def check_purgers(**kwargs: Any) -> list[CheckMessage]:
                     id="tiercache.E004" if backend_problem else "tiercache.E005",
                 )
             )
-    if purgers and tiercache_settings.PURGE_ASYNC is True and not _celery_configured():
+    if (
+        purgers
+        and tiercache_settings.PURGE_ASYNC is True
+        and not tiercache_settings.DISPATCHER
+        and not celery_configured()
+    ):
         messages.append(
-            CheckWarning(
-                "PURGE_ASYNC is on but no Celery broker is configured: purges will stay pending "
-                "in the outbox.",
-                hint="Configure a Celery app with a broker (CELERY_BROKER_URL), or set "
-                "TIERCACHE['PURGE_ASYNC'] = False to purge inline after commit.",
-                id="tiercache.W002",
+            Info(
+                "PURGE_ASYNC is on but Celery is not installed or has no broker configured: "
+                "purges are delivered synchronously, in the committing process, after each "
+                "commit.",
+                hint="For purges in a worker: pip install django-tiercache[celery] and configure "
+                "a Celery app with CELERY_BROKER_URL. To say that synchronous is what you want: "
+                "TIERCACHE['PURGE_ASYNC'] = False.",
+                id="tiercache.I001",
             )
         )
     return messages
@@ -91,15 +99,6 @@ def check_purger_secrets(**kwargs: Any) -> list[CheckMessage]:
                     )
                 )
     return messages
-
-
-def _celery_configured() -> bool:
-    try:
-        from celery import current_app
-    except ImportError:
-        return False
-    conf = current_app.conf
-    return bool(conf.broker_url or conf.task_always_eager)
 
 
 @register(Tags.compatibility)

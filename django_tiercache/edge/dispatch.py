@@ -1,5 +1,11 @@
 """How committed journal rows reach the edge tier: Celery, inline, or a custom ``DISPATCHER``.
 
+With ``PURGE_ASYNC`` (the default) the rows go to Celery when Celery is installed
+(``pip install django-tiercache[celery]``) and its current app is configured (a ``broker_url``, or
+``task_always_eager``); otherwise they are delivered synchronously, right after the commit, in the
+committing process, as with ``PURGE_ASYNC = False``. Celery's own default of a broker on
+``amqp://localhost`` is never assumed.
+
 :func:`connect` registers the edge tier with the orchestrator
 (:class:`~django_tiercache.invalidation.JournalConsumer`); after each commit it calls
 :func:`dispatch` with the ids of the rows written in that transaction.
@@ -31,8 +37,18 @@ def connect() -> None:
     )
 
 
+def celery_configured() -> bool:
+    """Whether Celery is installed and its current app has a broker (or runs tasks eagerly)."""
+    try:
+        from celery import current_app
+    except ImportError:
+        return False
+    conf = current_app.conf
+    return bool(conf.broker_url or conf.task_always_eager)
+
+
 def _default_dispatcher() -> Dispatcher:
-    if tiercache_settings.PURGE_ASYNC:
+    if tiercache_settings.PURGE_ASYNC and celery_configured():
         from django_tiercache.edge.tasks import enqueue  # Celery is imported only when used
 
         return enqueue
