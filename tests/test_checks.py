@@ -239,3 +239,13 @@ def test_warmers_that_cannot_run_are_reported(settings: Any, path: str, problem:
     (message,) = check_warmers()
     assert message.id == "tiercache.E010"
     assert problem in message.msg
+
+
+def test_origin_cache_without_the_middleware_is_reported(settings: Any) -> None:
+    from django_tiercache.http.checks import check_origin_cache_needs_the_middleware
+
+    assert check_origin_cache_needs_the_middleware() == []  # the test settings have it
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if not m.endswith(".TierCacheMiddleware")]
+    (warning,) = check_origin_cache_needs_the_middleware()
+    assert warning.id == "tiercache.W007"
+    assert "origin_cache is used" in warning.msg

@@ -1,5 +1,6 @@
-"""System checks of the HTTP tier: ``TIERCACHE["HTTP"]`` (E001/E002) and the middleware's place
-(W004). Registered on import, from ``AppConfig.ready()``."""
+"""System checks of the HTTP tier: ``TIERCACHE["HTTP"]`` (E001/E002), the middleware's place
+(W004), and ``origin_cache`` views without the middleware (W007). Registered on import, from
+``AppConfig.ready()``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Tags, register
 from django.core.checks import Warning as CheckWarning
+from django.urls import get_resolver
 
 from django_tiercache.checks import Schema, is_int, is_seconds, validate
 from django_tiercache.conf import SETTING_NAME
+from django_tiercache.http.decorators import origin_cache_views
 from django_tiercache.http.headers import KEY_HEADERS
 
 MIDDLEWARE_PATH = "django_tiercache.middleware.TierCacheMiddleware"
@@ -71,3 +74,29 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register(Tags.compatibility, Tags.urls)
+def check_origin_cache_needs_the_middleware(**kwargs: Any) -> list[CheckMessage]:
+    """W007: views use ``origin_cache`` but TierCacheMiddleware is not in MIDDLEWARE."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if any(str(entry).endswith(".TierCacheMiddleware") for entry in middleware):
+        return []
+    if getattr(settings, "ROOT_URLCONF", None):
+        try:
+            patterns = get_resolver().url_patterns  # imports the views: their decorators run
+            del patterns
+        except Exception:  # Django's own URL checks report a broken URLconf
+            return []
+    views = origin_cache_views()
+    if not views:
+        return []
+    shown = ", ".join(views[:3]) + (f" and {len(views) - 3} more" if len(views) > 3 else "")
+    return [
+        CheckWarning(
+            f"origin_cache is used ({shown}) but TierCacheMiddleware is not in MIDDLEWARE: "
+            "those views are never edge-cached and carry no Surrogate-Key.",
+            hint=f"Add {MIDDLEWARE_PATH!r} as the first entry of MIDDLEWARE.",
+            id="tiercache.W007",
+        )
+    ]

@@ -94,6 +94,15 @@ def _wrap(view: _View, after: Callable[[HttpRequest, HttpResponseBase], HttpResp
     return wrapper  # type: ignore[return-value]
 
 
+#: Names of the views decorated with :func:`origin_cache` in this process (for the system check).
+_origin_views: list[str] = []
+
+
+def origin_cache_views() -> list[str]:
+    """Names of the views :func:`origin_cache` has decorated so far in this process."""
+    return list(_origin_views)
+
+
 def origin_cache(
     seconds: int | None = None,
     keys: Iterable[KeySource] = (),
@@ -124,6 +133,7 @@ def origin_cache(
 
     def decorator(view: _View) -> _View:
         name = _view_name(view)
+        _origin_views.append(name)
         for label, value in durations.items():
             _non_negative(value, label, name)
         static, factories = _key_sources(sources, name)
