@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=HERE.parent / "docs/benchmarks-latest.md")
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--skip-outbox", action="store_true", help="leave out the outbox load test (~20 min)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         query_table = Path(tmp) / "query.md"
@@ -47,6 +50,7 @@ def main() -> None:
     edge = run(str(HERE / "edge_hit_ratio.py")) or (
         "skipped: varnishd with the xkey vmod not found (apt-get install varnish varnish-modules)"
     )
+    outbox = "not run (`--skip-outbox`)" if args.skip_outbox else run(str(HERE / "outbox_load.py"))
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Benchmark results
 
@@ -69,6 +73,10 @@ Written by `make bench` ({when}, Python {platform.python_version()}, {platform.m
 ## Edge hit ratio under writes (`benchmarks/edge_hit_ratio.py`: the shop behind Varnish)
 
 {edge}
+
+## Outbox under load (`benchmarks/outbox_load.py`: 2 Celery workers on RabbitMQ, a local stub API)
+
+{outbox}
 """
     args.output.write_text(text)
     print(text)
