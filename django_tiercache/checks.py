@@ -5,12 +5,12 @@ purger ``BACKEND`` not importable or not a purger, E005 purger option missing or
 ``TIMEOUT`` not a finite positive number, E007 ``DISPATCHER`` not importable, E008 a purger
 secret (``API_TOKEN``, ``TOKEN``) that cannot be a token (empty, not a string, a space, quote or
 control character inside).
-Warnings: W001 query-tier cache not Redis-backed with ``DEBUG`` off, W002 ``PURGE_ASYNC`` with
-purgers but no Celery broker configured, W003 the query-tier cache hides its errors
-(``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first middleware, W005 a purger
-secret with whitespace around it (stripped before use), W007 a setting whose name looks like a
-misspelling of ``TIERCACHE`` (``TIER_CACHE``, ``TIERCACHES``…: ignored), E010 a ``WARMERS`` entry
-that cannot be imported or is not callable. No message ever shows a secret.
+Warnings: W001 query-tier cache not Redis-backed with ``DEBUG`` off, W003 the query-tier cache
+hides its errors (``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first
+middleware, W005 a purger secret with whitespace around it (stripped before use), W007 a setting
+whose name looks like a misspelling of ``TIERCACHE`` (``TIER_CACHE``, ``TIERCACHES``…: ignored),
+E010 a ``WARMERS`` entry that cannot be imported or is not callable; I001 (info) no usable
+Celery: purges are delivered after each commit. No message ever shows a secret.
 The query tier's own (E009 a Redis shape it refuses, W006 no socket timeouts) are in
 :mod:`django_tiercache.query.checks`.
 

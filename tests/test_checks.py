@@ -247,5 +247,5 @@ def test_origin_cache_without_the_middleware_is_reported(settings: Any) -> None:
     assert check_origin_cache_needs_the_middleware() == []  # the test settings have it
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if not m.endswith(".TierCacheMiddleware")]
     (warning,) = check_origin_cache_needs_the_middleware()
-    assert warning.id == "tiercache.W007"
+    assert warning.id == "tiercache.W008"
     assert "origin_cache is used" in warning.msg

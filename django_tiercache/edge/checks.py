@@ -20,7 +20,7 @@ from django_tiercache.redact import SECRET_OPTIONS
 
 @register(Tags.compatibility)
 def check_purgers(**kwargs: Any) -> list[CheckMessage]:
-    """E004/E005: purger backends that cannot be imported or lack options; W002: no Celery."""
+    """E004/E005: purger backends that cannot be imported or lack options; I001: no Celery."""
     purgers = tiercache_settings.PURGERS
     if not isinstance(purgers, dict):
         return []  # reported by E002

@@ -1,5 +1,5 @@
 """System checks of the HTTP tier: ``TIERCACHE["HTTP"]`` (E001/E002), the middleware's place
-(W004), and ``origin_cache`` views without the middleware (W007). Registered on import, from
+(W004), and ``origin_cache`` views without the middleware (W008). Registered on import, from
 ``AppConfig.ready()``."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.compatibility, Tags.urls)
 def check_origin_cache_needs_the_middleware(**kwargs: Any) -> list[CheckMessage]:
-    """W007: views use ``origin_cache`` but TierCacheMiddleware is not in MIDDLEWARE."""
+    """W008: views use ``origin_cache`` but TierCacheMiddleware is not in MIDDLEWARE."""
     middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
     if any(str(entry).endswith(".TierCacheMiddleware") for entry in middleware):
         return []
@@ -97,6 +97,6 @@ def check_origin_cache_needs_the_middleware(**kwargs: Any) -> list[CheckMessage]
             f"origin_cache is used ({shown}) but TierCacheMiddleware is not in MIDDLEWARE: "
             "those views are never edge-cached and carry no Surrogate-Key.",
             hint=f"Add {MIDDLEWARE_PATH!r} as the first entry of MIDDLEWARE.",
-            id="tiercache.W007",
+            id="tiercache.W008",
         )
     ]
