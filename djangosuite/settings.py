@@ -66,4 +66,7 @@ TIERCACHE = {
     "KEY_PREFIX": f"djsuite{os.getpid()}",
     "PURGE_ASYNC": False,
     "FAIL_OPEN": False,  # a cache error is a library error here, not a quiet database read
+    # No look at the journal every few seconds: Django's tests count their queries exactly, and
+    # nothing fails here that another process would have to learn of.
+    "RECOVERY_POLL": None,
 }
