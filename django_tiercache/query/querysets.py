@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Max, Q
@@ -409,7 +410,10 @@ class CachedQuerySet(QuerySet[_M]):
         matching = _unique_match(objs, unique_fields) if update_conflicts else None
         with _transaction(db):
             before = list(rows.filter(matching).iterator()) if matching is not None else []
-            auto = _auto_pk(self.model)
+            # Only when the database will not return the keys it gives: one query more.
+            auto = _auto_pk(self.model) and (
+                ignore_conflicts or not connections[db].features.can_return_rows_from_bulk_insert
+            )
             highest = rows.aggregate(high=Max("pk"))["high"] if auto else None
             created = super().bulk_create(
                 objs, batch_size, ignore_conflicts, update_conflicts, update_fields, unique_fields
@@ -529,6 +533,13 @@ def _auto_pk(model: type[models.Model]) -> bool:
 def _unique_match(objs: Sequence[models.Model], unique_fields: Collection[str] | None) -> Q | None:
     """The rows ``objs`` conflict with on ``unique_fields`` (None when there are none)."""
     if not objs or not unique_fields:
+        return None
+    meta = objs[0]._meta
+    try:
+        fields = [meta.pk if name == "pk" else meta.get_field(name) for name in unique_fields]
+    except FieldDoesNotExist:
+        return None  # Django's bulk_create() raises its own error
+    if not all(getattr(field, "concrete", False) for field in fields):
         return None
     match = Q()
     for obj in objs:
