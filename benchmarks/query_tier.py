@@ -2,7 +2,8 @@
 the raw floor ("Redis GET + unpickle"), each measured in its own process of the same run.
 
 Needs PostgreSQL and Redis (defaults: this machine's, database ``tiercache_bench``, Redis DB 13;
-override with TIERCACHE_BENCH_PG_HOST / TIERCACHE_BENCH_REDIS_URL). cacheops and cachalot are
+override with TIERCACHE_BENCH_PG_HOST / _PG_NAME / TIERCACHE_BENCH_REDIS_URL). cacheops and
+cachalot are
 optional: ``make bench`` installs them into the benchmark's own virtualenv. Usage::
 
     python benchmarks/query_tier.py [--iterations 2000] [--rounds 3] [--markdown FILE]
@@ -43,6 +44,7 @@ TARGETS = {
 }
 GROUPS, PER_GROUP = 100, 100
 REDIS_URL = os.environ.get("TIERCACHE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+DATABASE = os.environ.get("TIERCACHE_BENCH_PG_NAME", "tiercache_bench")
 
 
 def configure(contender: str, prefix: str) -> None:
@@ -68,7 +70,7 @@ def configure(contender: str, prefix: str) -> None:
         DATABASES={
             "default": {
                 "ENGINE": "django.db.backends.postgresql",
-                "NAME": "tiercache_bench",
+                "NAME": DATABASE,
                 "HOST": os.environ.get("TIERCACHE_BENCH_PG_HOST", "127.0.0.1"),
                 "USER": os.environ.get("TIERCACHE_BENCH_PG_USER", "postgres"),
                 "CONN_MAX_AGE": None,
@@ -95,9 +97,9 @@ def ensure_database() -> None:
     host = os.environ.get("TIERCACHE_BENCH_PG_HOST", "127.0.0.1")
     user = os.environ.get("TIERCACHE_BENCH_PG_USER", "postgres")
     with psycopg.connect(host=host, user=user, dbname="postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname='tiercache_bench'")
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname=%s", [DATABASE])
         if not exists.fetchone():
-            conn.execute("CREATE DATABASE tiercache_bench")
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
 def seed() -> None:

@@ -539,7 +539,7 @@ def _unique_match(objs: Sequence[models.Model], unique_fields: Collection[str] |
         fields = [meta.pk if name == "pk" else meta.get_field(name) for name in unique_fields]
     except FieldDoesNotExist:
         return None  # Django's bulk_create() raises its own error
-    if not all(getattr(field, "concrete", False) for field in fields):
+    if not all(field in meta.concrete_fields for field in fields):
         return None
     match = Q()
     for obj in objs:
