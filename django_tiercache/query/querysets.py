@@ -156,10 +156,13 @@ class CachedQuerySet(QuerySet[_M]):
     def _sliced_lazily(self) -> bool:
         return self._query.is_sliced or any(op[0] == "slice" for op in self._operations or ())
 
-    def _record_checked(self, django_method: Callable[..., Any], operation: lazy.Operation) -> Self:
-        """``self`` with ``operation`` recorded, once Django's own ``django_method`` has applied
-        it to this very identity without raising: errors are raised where Django raises them."""
-        clone = self._record(operation)
+    def _record_checked(
+        self, django_method: Callable[..., Any], operation: lazy.Operation, *then: lazy.Operation
+    ) -> Self:
+        """``self`` with ``operation`` (and ``then``) recorded, once Django's own
+        ``django_method`` has applied ``operation`` to this very identity without raising:
+        errors are raised where Django raises them."""
+        clone = self._record(operation, *then)
         if clone._pristine is None:
             clone._pristine = lazy.base_identity(clone._query)
         checked = lazy.identity(clone._pristine, self.model._meta.label, clone._operations or ())
@@ -208,10 +211,13 @@ class CachedQuerySet(QuerySet[_M]):
             return super().get(*args, **kwargs)
         # Django's get(): filter, drop the ordering (kept for DISTINCT ON), fetch at most
         # MAX_GET_RESULTS rows.
-        clone = self._record_checked(QuerySet.filter, ("filter", False, lookups, kwargs))
-        if not self._query.distinct_fields:
-            clone = clone._record(("order_by", ()))
-        clone = clone._record(("slice", None, MAX_GET_RESULTS))
+        unordered = () if self._query.distinct_fields else (("order_by", ()),)
+        clone = self._record_checked(
+            QuerySet.filter,
+            ("filter", False, lookups, kwargs),
+            *unordered,
+            ("slice", None, MAX_GET_RESULTS),
+        )
         rows = len(clone)
         if rows == 1:
             return clone._result_cache[0]  # type: ignore[index]
