@@ -1,0 +1,152 @@
+"""Save, then read at once through the cache, many times, with reads routed to a lagging replica.
+
+Run by tests/test_replicas.py in a process of its own (settings: tests/settings_replica.py)::
+
+    python -m tests.replica_scenario run --cycles 200 [--reader same|other] [--read router|using]
+
+Each cycle saves one product on the primary (a new name) and at once reads it through the query
+tier: ``get(pk=...)`` and the category's list, either through the router or with an explicit
+``.using("replica")``; by this process (``same``) or by a second process (``other``, fed over a
+pipe). A read that does not return the new name is *stale*. Every entry was cached before its
+save, so each read is a miss right after an invalidation: the case a lagging replica gets wrong.
+Once the replica has caught up, every product is read again: an entry still stale then was
+*stored* stale (``poisoned``). Prints one JSON line with the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+
+def _setup() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings_replica")
+    import django
+
+    django.setup()
+
+
+def read(pk: int, category_id: int, how: str) -> tuple[str, str]:
+    """The product's name by ``get()`` and from its category's list, through the query tier."""
+    from tests.testapp.models import Product
+
+    products = Product.objects.cached()
+    if how == "using":
+        products = products.using("replica")
+    one = products.get(pk=pk).name
+    names = dict(products.filter(category_id=category_id).values_list("pk", "name"))
+    return one, names[pk]
+
+
+def _prepare(rows: int, how: str) -> tuple[list[Any], int]:
+    from django.core.management import call_command
+
+    from tests.testapp.models import Category, Product
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    category = Category.objects.create(name=f"c-{uuid.uuid4().hex[:8]}")
+    products = Product.objects.bulk_create(
+        Product(name=f"p{i}-v0", category=category) for i in range(rows)
+    )
+    deadline = time.monotonic() + 30
+    replica = Product.objects.using("replica").filter(category=category)
+    while replica.count() < rows:  # the replica has the rows: the warm-up reads them there
+        if time.monotonic() > deadline:
+            raise RuntimeError("the replica did not catch up in 30 s")
+        time.sleep(0.05)
+    for product in products:
+        read(product.pk, category.pk, how)
+    return products, category.pk
+
+
+class _OtherProcess:
+    """A second process that answers ``read()`` requests over its stdin/stdout."""
+
+    def __init__(self, how: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.replica_scenario", "serve", f"--read={how}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def read(self, pk: int, category_id: int) -> tuple[str, str]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{pk} {category_id}\n")
+        self.process.stdin.flush()
+        one, listed = json.loads(self.process.stdout.readline())
+        return one, listed
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def run(cycles: int, reader: str, how: str) -> dict[str, Any]:
+    from django_tiercache import stats
+
+    products, category_id = _prepare(cycles, how)
+    other = _OtherProcess(how) if reader == "other" else None
+    stale_get = stale_list = 0
+    started = time.monotonic()
+    try:
+        if other is not None:
+            other.read(products[0].pk, category_id)  # started and connected before timing
+        for index, product in enumerate(products):
+            product.name = expected = f"p{index}-v1"
+            product.save()
+            if other is None:
+                one, listed = read(product.pk, category_id, how)
+            else:
+                one, listed = other.read(product.pk, category_id)
+            stale_get += one != expected
+            stale_list += listed != expected
+    finally:
+        if other is not None:
+            other.close()
+    elapsed = time.monotonic() - started
+    time.sleep(1.0)  # the replica has applied every save now
+    poisoned = sum(
+        read(product.pk, category_id, how) != (product.name, product.name) for product in products
+    )
+    return {
+        "cycles": cycles,
+        "reader": reader,
+        "read": how,
+        "stale_get": stale_get,
+        "stale_list": stale_list,
+        "poisoned": poisoned,
+        "seconds": round(elapsed, 3),
+        "stats": stats.snapshot(),
+    }
+
+
+def serve(how: str) -> None:
+    for line in sys.stdin:
+        pk, category_id = map(int, line.split())
+        print(json.dumps(read(pk, category_id, how)), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["run", "serve"])
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--reader", choices=["same", "other"], default="same")
+    parser.add_argument("--read", choices=["router", "using"], default="router")
+    args = parser.parse_args()
+    _setup()
+    if args.command == "serve":
+        serve(args.read)
+    else:
+        print(json.dumps(run(args.cycles, args.reader, args.read)))
+
+
+if __name__ == "__main__":
+    main()
