@@ -51,6 +51,7 @@ def main() -> None:
         "skipped: varnishd with the xkey vmod not found (apt-get install varnish varnish-modules)"
     )
     outbox = "not run (`--skip-outbox`)" if args.skip_outbox else run(str(HERE / "outbox_load.py"))
+    replica = run(str(HERE / "replica_miss.py"))
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Benchmark results
 
@@ -77,6 +78,10 @@ Written by `make bench` ({when}, Python {platform.python_version()}, {platform.m
 ## Outbox under load (`benchmarks/outbox_load.py`: 2 Celery workers on RabbitMQ, a local stub API)
 
 {outbox}
+
+## Behind a read replica (`benchmarks/replica_miss.py`: own primary + replica 300 ms behind)
+
+{replica}
 """
     args.output.write_text(text)
     print(text)

@@ -4,7 +4,8 @@ Errors: E001 unknown setting key, E002 wrong type or value, E003 unknown ``CACHE
 purger ``BACKEND`` not importable or not a purger, E005 purger option missing or invalid, E006
 ``TIMEOUT`` not a finite positive number, E007 ``DISPATCHER`` not importable, E008 a purger
 secret (``API_TOKEN``, ``TOKEN``) that cannot be a token (empty, not a string, a space, quote or
-control character inside).
+control character inside), E011 ``READ_REPLICAS`` names an alias that is not in
+``DATABASES``.
 Warnings: W001 query-tier cache not Redis-backed with ``DEBUG`` off, W003 the query-tier cache
 hides its errors (``IGNORE_EXCEPTIONS``), W004 ``TierCacheMiddleware`` is not the first
 middleware, W005 a purger secret with whitespace around it (stripped before use), W007 a setting
@@ -70,6 +71,11 @@ _TOP: Schema = {
     ),
     "PURGERS": (lambda v: isinstance(v, dict), "a dict of purger name -> options dict"),
     "DISPATCHER": (lambda v: v is None or isinstance(v, str), "None or a dotted path"),
+    "READ_REPLICAS": (
+        lambda v: v is None or (isinstance(v, list | tuple) and all(isinstance(a, str) for a in v)),
+        "None or a list of database aliases",
+    ),
+    "REPLICA_WAIT": (is_seconds, "a finite number of seconds >= 0"),
     "HTTP": (lambda v: isinstance(v, dict), "a dict"),
     "WARMERS": (
         lambda v: isinstance(v, list | tuple) and all(isinstance(p, str) and p for p in v),
@@ -215,3 +221,21 @@ def check_warmers(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+@register(Tags.compatibility)
+def check_replicas(**kwargs: Any) -> list[CheckMessage]:
+    """E011: READ_REPLICAS names an alias that DATABASES does not define."""
+    aliases = tiercache_settings.READ_REPLICAS
+    if not isinstance(aliases, list | tuple):
+        return []  # None, or reported by E002
+    unknown = [a for a in aliases if isinstance(a, str) and a not in settings.DATABASES]
+    return [
+        Error(
+            f"{SETTING_NAME}['READ_REPLICAS'] names {alias!r}, which is not in settings.DATABASES.",
+            hint=f"List aliases of DATABASES ({', '.join(map(repr, settings.DATABASES))}), or "
+            "use None to count every alias but the one a model writes to.",
+            id="tiercache.E011",
+        )
+        for alias in unknown
+    ]

@@ -52,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of ``f(row_ids: list[int], using: str) -> None`` that hands committed outbox
     # rows to the edge tier; None picks the built-in dispatcher (see django_tiercache.edge.outbox).
     "DISPATCHER": None,
+    # Database aliases that serve reads from a replica of the database a model writes to; None:
+    # every alias but the write alias may lag; []: no replica safety (docs/query.rst "Replicas").
+    "READ_REPLICAS": None,
+    # Longest wait (seconds) for the replicas to apply a change before its edge purge goes out.
+    "REPLICA_WAIT": 2.0,
     # HTTP tier settings, merged over HTTP_DEFAULTS.
     "HTTP": {},
     # Dotted paths of query-tier warmers run by ``tiercache_warm --queries`` (besides the ones

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db import connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.dispatch import Signal
 
@@ -36,12 +36,13 @@ keys_invalidated = Signal()
 class TierHandler:
     """A tier invalidated at once, in this process, when a change commits (the query tier).
 
-    ``invalidate(keys)`` and ``invalidate_all()`` raise when the tier cannot be reached: the
-    failure is recorded on the journal row under ``name`` and applied again by :func:`reapply`.
+    ``invalidate(keys, using)`` (``using``: the database the change was committed to) and
+    ``invalidate_all()`` raise when the tier cannot be reached: the failure is recorded on the
+    journal row under ``name`` and applied again by :func:`reapply`.
     """
 
     name: str
-    invalidate: Callable[[set[str]], None]
+    invalidate: Callable[[set[str], str], None]
     invalidate_all: Callable[[], None]
 
 
@@ -195,15 +196,19 @@ def _journal(keys: set[str], using: str) -> list[int]:
     return [journal.write(keys, using).pk] if targets() else []
 
 
-def apply(keys: set[str], *, purge_all: bool = False) -> dict[str, Exception]:
-    """Invalidate ``keys`` (or everything) in every tier handler now; the failures by tier."""
+def apply(
+    keys: set[str], *, using: str = DEFAULT_DB_ALIAS, purge_all: bool = False
+) -> dict[str, Exception]:
+    """Invalidate ``keys`` (or everything) in every tier handler now; the failures by tier.
+
+    ``using`` is the database the change was committed to."""
     failures: dict[str, Exception] = {}
     for tier in _tiers.values():
         try:
             if purge_all:
                 tier.invalidate_all()
             else:
-                tier.invalidate(keys)
+                tier.invalidate(keys, using)
         except Exception as exc:
             logger.exception(
                 "tiercache: %s-tier invalidation of %d key(s) failed", tier.name, len(keys)
@@ -240,7 +245,7 @@ def flush(keys: set[str], row_ids: list[int], using: str) -> None:
 
     Never raises: a failure is logged and recorded on the journal rows for :func:`reapply`.
     """
-    failures = apply(keys)
+    failures = apply(keys, using=using)
     if failures:
         # Without a consumer there is no row yet: write one, so a recovery re-invalidates these
         # keys once the cache is back instead of serving entries computed before the commit.
@@ -251,9 +256,14 @@ def flush(keys: set[str], row_ids: list[int], using: str) -> None:
     keys_invalidated.send(sender=None, keys=frozenset(keys), using=using)
 
 
-def reapply(rows: Sequence[PurgeRequest], tiers: Iterable[str] | None = None) -> None:
+def reapply(
+    rows: Sequence[PurgeRequest],
+    tiers: Iterable[str] | None = None,
+    *,
+    using: str = DEFAULT_DB_ALIAS,
+) -> None:
     """Invalidate again, in each tier (of ``tiers``), the keys of the rows whose invalidation
-    failed there.
+    failed there; ``using`` is the database the rows (and their changes) live in.
 
     Updates ``results`` and ``tier_missed`` in memory; the caller saves the rows.
     """
@@ -265,7 +275,7 @@ def reapply(rows: Sequence[PurgeRequest], tiers: Iterable[str] | None = None) ->
             if any(row.purge_all for row in todo):
                 tier.invalidate_all()
             else:
-                tier.invalidate({key for row in todo for key in row.keys})
+                tier.invalidate({key for row in todo for key in row.keys}, using)
             result = journal.outcome()
         except Exception as exc:
             result = journal.outcome(exc)
@@ -295,7 +305,7 @@ def recover(using: str = "default", *, tier: str | None = None) -> int:
         if any(row.results.get(name, {}).get("ok") is False for name in names)
     ]
     if rows:
-        reapply(rows, names)
+        reapply(rows, names, using=using)
         PurgeRequest.objects.using(using).bulk_update(rows, ["results", "tier_missed"])
         if tier is not None and journal.failed_at(tier, rows):
             raise RecoveryFailed(rows[0].results[tier].get("error", ""))

@@ -45,7 +45,7 @@ def request_purge(
         if backends is not None and name not in backends
     }
     row = journal.write(keys, using, purge_all=purge_all, results=skipped, done=not targets)
-    failures = invalidation.apply(keys, purge_all=purge_all)
+    failures = invalidation.apply(keys, using=using, purge_all=purge_all)
     if failures:
         invalidation.record(failures, [row.pk], using)
         row.refresh_from_db(fields=["results", "last_error"])
@@ -66,7 +66,7 @@ def retry(row_ids: Iterable[int], using: str = "default") -> list[int]:
     ids = sorted(row.pk for row in found)
     if ids:
         # The tier handlers are retried here and now (one round trip): only the edge is deferred.
-        invalidation.reapply(found)
+        invalidation.reapply(found, using=using)
         PurgeRequest.objects.using(using).bulk_update(found, ["results", "tier_missed"])
         rows.filter(status=PurgeRequest.Status.FAILED).update(
             status=PurgeRequest.Status.PENDING, updated=timezone.now()

@@ -15,6 +15,7 @@ NAMES = {
     "query_misses": "cached queries computed by the database",
     "query_stale": "stale results served while another caller refreshed",
     "query_bypasses": "cached queries sent to the database without the cache",
+    "query_primary_reads": "missed entries read from the write database: a replica lagged",
     "query_errors": "query-tier cache errors (fail-open fell back to the database)",
     "purges_sent": "purges handed to an edge purger (one per purger per outbox delivery)",
     "purges_failed": "purges an edge purger did not complete (retryable or refused)",

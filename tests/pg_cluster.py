@@ -5,7 +5,8 @@
 ``pg_ctl`` and waits until the replica streams. Both are stopped and their directories removed
 afterwards. PostgreSQL refuses to run as root: as root the commands run as the ``postgres`` user.
 
-The ``pg_cluster`` fixture skips with a visible reason when the server binaries are missing
+Without pytest, so that benchmarks/replica_miss.py can use it too; the ``pg_cluster`` fixture of
+tests/test_replicas.py skips with a visible reason when the server binaries are missing
 (``apt-get install postgresql``; ``TIERCACHE_TEST_PG_BINDIR`` names another directory).
 """
 
@@ -20,11 +21,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 #: The replica applies each commit this long after the primary made it.
 APPLY_DELAY_MS = 300
@@ -178,21 +177,6 @@ def start_cluster(bindir: str, apply_delay_ms: int = APPLY_DELAY_MS) -> Iterator
 
 def _stop(run: _Runner, started: list[Path], workdir: Path) -> None:
     for datadir in reversed(started):
-        try:
+        with suppress(RuntimeError, subprocess.TimeoutExpired):
             run("pg_ctl", "-D", str(datadir), "-m", "immediate", "-w", "stop")
-        except (RuntimeError, subprocess.TimeoutExpired):
-            pass
     shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[Cluster]:
-    """A primary and a replica 300 ms behind it, for one test module; skipped without binaries."""
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: "
-            "apt-get install postgresql, or set TIERCACHE_TEST_PG_BINDIR"
-        )
-    with start_cluster(bindir) as cluster:
-        yield cluster

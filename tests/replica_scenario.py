@@ -32,13 +32,16 @@ def _setup() -> None:
     django.setup()
 
 
-def read(pk: int, category_id: int, how: str) -> tuple[str, str]:
-    """The product's name by ``get()`` and from its category's list, through the query tier."""
+def _cached(how: str) -> Any:
     from tests.testapp.models import Product
 
     products = Product.objects.cached()
-    if how == "using":
-        products = products.using("replica")
+    return products.using("replica") if how == "using" else products
+
+
+def read(pk: int, category_id: int, how: str) -> tuple[str, str]:
+    """The product's name by ``get()`` and from its category's list, through the query tier."""
+    products = _cached(how)
     one = products.get(pk=pk).name
     names = dict(products.filter(category_id=category_id).values_list("pk", "name"))
     return one, names[pk]
@@ -77,7 +80,8 @@ class _OtherProcess:
         )
 
     def read(self, pk: int, category_id: int) -> tuple[str, str]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(f"{pk} {category_id}\n")
         self.process.stdin.flush()
         one, listed = json.loads(self.process.stdout.readline())
@@ -116,6 +120,12 @@ def run(cycles: int, reader: str, how: str) -> dict[str, Any]:
     poisoned = sum(
         read(product.pk, category_id, how) != (product.name, product.name) for product in products
     )
+    # New queries on rows whose changes the replica has applied: misses it serves itself.
+    primary_reads = stats.get("query_primary_reads")
+    for product in products:
+        list(_cached(how).filter(pk=product.pk).values_list("name", flat=True))
+    primary_reads = stats.get("query_primary_reads") - primary_reads
+    leaked = uncommitted(products[:20], category_id, how)
     return {
         "cycles": cycles,
         "reader": reader,
@@ -123,9 +133,50 @@ def run(cycles: int, reader: str, how: str) -> dict[str, Any]:
         "stale_get": stale_get,
         "stale_list": stale_list,
         "poisoned": poisoned,
+        "uncommitted_leaked": leaked,
+        "primary_reads_after_catch_up": primary_reads,
         "seconds": round(elapsed, 3),
         "stats": stats.snapshot(),
     }
+
+
+def edge(cycles: int) -> dict[str, Any]:
+    """Save, and check what the replica served when the purge went out (inline, after commit)."""
+    from tests.replica_probe import ReplicaProbePurger
+
+    products, _ = _prepare(cycles, "router")
+    early = 0
+    started = time.monotonic()
+    for index, product in enumerate(products):
+        product.name = expected = f"p{index}-v1"
+        product.save()
+        early += ReplicaProbePurger.seen.get(product.pk) != expected
+    return {"cycles": cycles, "early_purges": early, "seconds": time.monotonic() - started}
+
+
+class _Rollback(Exception):
+    pass
+
+
+def uncommitted(products: list[Any], category_id: int, how: str) -> int:
+    """Save; save again inside a transaction, read through the cache (a miss), roll back: how
+    many reads afterwards return the rolled-back name (an entry stored from uncommitted rows)."""
+    from django.db import transaction
+
+    leaked = 0
+    for product in products:
+        product.name = committed = f"{product.name}-c"
+        product.save()  # committed: the next read misses, and the replica is behind
+        try:
+            with transaction.atomic():
+                product.name = "uncommitted"
+                product.save()
+                read(product.pk, category_id, how)
+                raise _Rollback
+        except _Rollback:
+            product.name = committed
+        leaked += read(product.pk, category_id, how) != (committed, committed)
+    return leaked
 
 
 def serve(how: str) -> None:
@@ -136,7 +187,7 @@ def serve(how: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "serve"])
+    parser.add_argument("command", choices=["run", "serve", "edge"])
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--reader", choices=["same", "other"], default="same")
     parser.add_argument("--read", choices=["router", "using"], default="router")
@@ -144,6 +195,8 @@ def main() -> None:
     _setup()
     if args.command == "serve":
         serve(args.read)
+    elif args.command == "edge":
+        print(json.dumps(edge(args.cycles)))
     else:
         print(json.dumps(run(args.cycles, args.reader, args.read)))
 

@@ -4,7 +4,8 @@ Reads come from "replica", writes go to "default", as the usual Django primary/r
 The servers are the ones tests/pg_cluster.py started (``TIERCACHE_TEST_PRIMARY_PORT`` /
 ``TIERCACHE_TEST_REPLICA_PORT``); the query tier uses ``TIERCACHE_TEST_REDIS_URL``, shared by
 every process of a test. ``TIERCACHE_TEST_REPLICA_SAFETY=off`` turns the replica-lag safety off
-(``READ_REPLICAS = []``), to show what it prevents.
+(``READ_REPLICAS = []``), to show what it prevents; ``TIERCACHE_TEST_REPLICA_EDGE=on`` adds a
+purger that looks at the replica when it is called (tests/replica_probe.py).
 """
 
 from __future__ import annotations
@@ -45,5 +46,7 @@ TIERCACHE = {
     **BASE_TIERCACHE,
     "KEY_PREFIX": os.environ.get("TIERCACHE_TEST_KEY_PREFIX", "tc-replica"),
 }
+if os.environ.get("TIERCACHE_TEST_REPLICA_EDGE") == "on":
+    TIERCACHE["PURGERS"] = {"probe": {"BACKEND": "tests.replica_probe.ReplicaProbePurger"}}
 if os.environ.get("TIERCACHE_TEST_REPLICA_SAFETY") == "off":
     TIERCACHE["READ_REPLICAS"] = []

@@ -52,6 +52,8 @@ def test_unknown_http_key() -> None:
         {"HTTP": {"MAX_KEY_HEADER_BYTES": 10}},
         {"HTTP": {"KEY_HEADERS": ["X-Key"]}},
         {"HTTP": {"CACHEABLE_STATUSES": [200, "404"]}},
+        {"READ_REPLICAS": "replica"},
+        {"REPLICA_WAIT": float("inf")},
     ],
 )
 def test_wrong_types(tiercache: dict[str, Any]) -> None:
@@ -113,6 +115,14 @@ def test_purger_errors_never_show_secrets(monkeypatch: Any) -> None:
 
 def test_dispatcher_must_import() -> None:
     assert ids(DISPATCHER="no.such.dispatch") == ["tiercache.E007"]
+
+
+def test_read_replicas_must_be_database_aliases() -> None:
+    assert ids(READ_REPLICAS=["default"], REPLICA_WAIT=0.5) == []
+    (msg,) = messages(READ_REPLICAS=["replica"])
+    assert msg.id == "tiercache.E011"
+    assert "'replica'" in msg.msg
+    assert "'default'" in (msg.hint or "")
 
 
 def test_non_redis_cache_warns_in_production() -> None:

@@ -251,7 +251,9 @@ def test_query_tier_first_then_edge(pen: Product, purgers: list[Any], monkeypatc
     order: list[str] = []
     real_invalidate = query_results.invalidate
     monkeypatch.setattr(
-        query_results, "invalidate", lambda keys: (order.append("query"), real_invalidate(keys))
+        query_results,
+        "invalidate",
+        lambda keys, using: (order.append("query"), real_invalidate(keys, using)),
     )
     from django_tiercache.edge.purgers.locmem import LocMemPurger
 
@@ -273,7 +275,7 @@ class ExtraTier:
         self.order: list[str] = []
         self.down = False
 
-    def invalidate(self, keys: set[str]) -> None:
+    def invalidate(self, keys: set[str], using: str) -> None:
         self.calls.append(set(keys))
         self.order.append("extra")
         if self.down:
@@ -300,7 +302,9 @@ def test_tiers_are_called_through_their_handlers_in_order(
     order = extra_tier.order
     real_invalidate = query_results.invalidate
     monkeypatch.setattr(
-        query_results, "invalidate", lambda keys: (order.append("query"), real_invalidate(keys))
+        query_results,
+        "invalidate",
+        lambda keys, using: (order.append("query"), real_invalidate(keys, using)),
     )
     real_send = LocMemPurger.send_batch
     monkeypatch.setattr(
@@ -392,7 +396,7 @@ class QueryTierDown:
         monkeypatch.setattr(query_results, "invalidate", self._down)
 
     @staticmethod
-    def _down(keys: Any) -> None:
+    def _down(keys: Any, using: Any = None) -> None:
         raise ConnectionError("redis down")
 
     def restore(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import uuid
@@ -14,10 +15,28 @@ from typing import Any
 
 import pytest
 
-from tests.pg_cluster import Cluster, pg_cluster  # noqa: F401  (the fixture)
+from tests.pg_cluster import Cluster, find_bindir, start_cluster
 from tests.redis_server import private_redis
 
 CYCLES = 200
+
+
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[Cluster]:
+    """A primary and a replica 300 ms behind it, for one test module; skipped without binaries."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: "
+            "apt-get install postgresql, or set TIERCACHE_TEST_PG_BINDIR"
+        )
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+    with start_cluster(bindir) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +51,9 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
-def scenario(cluster: Cluster, redis_url: str, *args: str, safety: bool = True) -> dict[str, Any]:
+def scenario(
+    cluster: Cluster, redis_url: str, *args: str, safety: bool = True, edge: bool = False
+) -> dict[str, Any]:
     env = {
         **os.environ,
         **cluster.env(),
@@ -40,8 +61,9 @@ def scenario(cluster: Cluster, redis_url: str, *args: str, safety: bool = True) 
         "TIERCACHE_TEST_REDIS_URL": redis_url,
         "TIERCACHE_TEST_KEY_PREFIX": f"tc-replica-{uuid.uuid4().hex[:8]}",
         "TIERCACHE_TEST_REPLICA_SAFETY": "on" if safety else "off",
+        "TIERCACHE_TEST_REPLICA_EDGE": "on" if edge else "off",
     }
-    command = [sys.executable, "-m", "tests.replica_scenario", "run", f"--cycles={CYCLES}", *args]
+    command = [sys.executable, "-m", "tests.replica_scenario", *args]
     result = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=600, check=False
     )
@@ -55,20 +77,40 @@ def scenario(cluster: Cluster, redis_url: str, *args: str, safety: bool = True) 
     ("reader", "read"), [("same", "router"), ("other", "router"), ("same", "using")]
 )
 def test_no_stale_read_after_a_save(
-    pg_cluster: Cluster,  # noqa: F811
+    pg_cluster: Cluster,
     redis_url: str,
     reader: str,
     read: str,
 ) -> None:
-    outcome = scenario(pg_cluster, redis_url, f"--reader={reader}", f"--read={read}")
+    outcome = scenario(
+        pg_cluster, redis_url, "run", f"--cycles={CYCLES}", f"--reader={reader}", f"--read={read}"
+    )
     assert outcome["cycles"] == CYCLES
     assert (outcome["stale_get"], outcome["stale_list"], outcome["poisoned"]) == (0, 0, 0)
+    # A transaction's own writes never reach the cache, even when misses go to the primary.
+    assert outcome["uncommitted_leaked"] == 0
+    # Not every miss goes to the primary: once the replica has applied the saves, it serves them.
+    assert outcome["primary_reads_after_catch_up"] == 0
 
 
-def test_without_the_safety_reads_are_stale(pg_cluster: Cluster, redis_url: str) -> None:  # noqa: F811
+def test_without_the_safety_reads_are_stale(pg_cluster: Cluster, redis_url: str) -> None:
     """The same cycles with ``READ_REPLICAS = []``: the replica's old rows are served, and stored
     under the new versions, so they stay stale after the replica has caught up."""
-    outcome = scenario(pg_cluster, redis_url, safety=False)
+    outcome = scenario(pg_cluster, redis_url, "run", f"--cycles={CYCLES}", safety=False)
     assert outcome["stale_get"] > CYCLES // 2
     assert outcome["stale_list"] > CYCLES // 2
     assert outcome["poisoned"] > CYCLES // 2
+
+
+@pytest.mark.parametrize("safety", [True, False])
+def test_edge_purge_waits_for_the_replica(
+    pg_cluster: Cluster,
+    redis_url: str,
+    safety: bool,
+) -> None:
+    """A purger that reads the replica when called sees each save only if the purge waited."""
+    outcome = scenario(pg_cluster, redis_url, "edge", "--cycles=20", safety=safety, edge=True)
+    if safety:
+        assert outcome["early_purges"] == 0
+    else:
+        assert outcome["early_purges"] > 10

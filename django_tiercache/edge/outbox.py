@@ -18,7 +18,8 @@ from django.db import connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from django_tiercache import invalidation, journal
+from django_tiercache import invalidation, journal, replicas
+from django_tiercache.conf import tiercache_settings
 from django_tiercache.edge import events
 from django_tiercache.edge.purgers import BasePurger, PurgeResult, get_purgers
 from django_tiercache.models import PurgeRequest
@@ -95,7 +96,9 @@ def deliver(
     Keys of all rows are grouped, so each purger makes ``ceil(keys / max_keys_per_request)``
     calls. Each row records every purger's result; it becomes ``done`` when all succeeded,
     ``failed`` when a purger refused for good, and stays ``pending`` otherwise, with a
-    ``next_attempt`` for the redrive. Returns the result per purger that was called.
+    ``next_attempt`` for the redrive. Returns the result per purger that was called. Purges
+    wait (at most ``REPLICA_WAIT`` seconds) until the read replicas of ``using`` have applied its
+    commits (:mod:`django_tiercache.replicas`).
     """
     statuses = [PurgeRequest.Status.PENDING]
     if include_failed:
@@ -108,7 +111,9 @@ def deliver(
         wanted = set(backends)
         purgers = {name: purger for name, purger in purgers.items() if name in wanted}
 
-    invalidation.reapply(rows)  # a tier that missed these keys goes first
+    invalidation.reapply(rows, using=using)  # a tier that missed these keys goes first
+    if purgers:  # a CDN purged before the replicas apply the change would refill from them
+        replicas.wait_until_applied(using, float(tiercache_settings.REPLICA_WAIT))
     outcome: dict[str, PurgeResult] = {}
     for name, purger in purgers.items():
         todo = [row for row in rows if not row.results.get(name, {}).get("ok")]

@@ -7,14 +7,13 @@ query tier's service (:mod:`.service`) under the plan's entry name and keys.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db import connections, models, transaction
+from django.db import connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Max, Q
 from django.db.models.manager import BaseManager
@@ -262,7 +261,9 @@ class CachedQuerySet(QuerySet[_M]):
             known = _plans.remember(memo_key, replace(known, first_use=False))
         return known
 
-    def _through_tier(self, kind: str, compute: Callable[[], Any], *shape: Any) -> Any:
+    def _through_tier(self, kind: str, compute: Callable[[Self], Any], *shape: Any) -> Any:
+        """``compute(queryset)`` through the query tier: on a miss, ``queryset`` is this one, or
+        this one on the write database when the replica it reads may lack a recent change."""
         options = self._tiercache
         assert options is not None
         db = self.db
@@ -271,33 +272,50 @@ class CachedQuerySet(QuerySet[_M]):
             self._query.select_for_update
             or not query_plan.cacheable
             # read your own uncommitted writes
-            or (has_pending_keys() and pending_keys(connections[db]) & query_plan.depends_on)
+            or _writes_pending(connections[db], query_plan.depends_on)
         ):
             _bypassed(self.model, query_plan)
-            value = compute()
+            value = compute(self)
             if query_plan.row_keys is not None:  # the rows' keys belong to the response too
                 collector.add_normalized(planner.result_keys(query_plan.row_keys, value))
             return value
         seen: set[str] = set()
+        stray: list[str] = []
+        source = db
 
         def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
             seen.update(planner.tables_in_sql(sql))
             return execute(sql, params, many, context)
 
+        def lagging(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            stray.append(sql)
+            return execute(sql, params, many, context)
+
         def compute_capturing() -> Any:
-            with connections[db].execute_wrapper(capture):
-                return compute()
+            with contextlib.ExitStack() as wrappers:
+                wrappers.enter_context(connections[source].execute_wrapper(capture))
+                if source == db:
+                    return compute(self)
+                # What the router still sends to the lagging replica (a prefetch): not stored.
+                wrappers.enter_context(connections[db].execute_wrapper(lagging))
+                return compute(self.using(source))
 
         def fetch(tags: Sequence[str], compute: Callable[[], Any], complete: Any = None) -> Any:
+            def compute_from_source() -> Any:
+                nonlocal source
+                source = self._source(tags, db, query_plan.depends_on, stray)
+                return compute()
+
             return query_results.fetch(
                 query_plan.name,
                 tags,
-                compute,
+                compute_from_source,
                 options.timeout,
                 storable=lambda: (
                     (complete is None or complete())
-                    and _may_store(connections[db])
+                    and _may_store(connections[source])
                     and seen <= query_plan.tables
+                    and not stray
                 ),
                 expect_miss=query_plan.first_use or query_results.recently_invalidated.any(tags),
             )
@@ -310,12 +328,27 @@ class CachedQuerySet(QuerySet[_M]):
         except _NewRowKeys as new:
             return fetch(*_keyed(query_plan, compute_capturing, new.keys, final=True))
 
+    def _source(
+        self, tags: Sequence[str], db: str, depends_on: frozenset[str], stray: list[str]
+    ) -> str:
+        """The database to compute a miss from (see ``QueryResults.source``); ``stray`` starts
+        afresh, with a reason when the result must not be stored."""
+        stray.clear()
+        write_db = router.db_for_write(self.model, **self._hints)
+        source = query_results.source(tags, db, write_db)
+        if source != db and _writes_pending(connections[source], depends_on):
+            # The write database would show this transaction's uncommitted rows: read as the
+            # router says, and store nothing.
+            stray.append("uncommitted writes on the write database")
+            return db
+        return source
+
     def _fetch_all(self) -> None:
         if self._result_cache is None and self._tiercache is not None:
             lookups = self._prefetch_related_lookups
 
-            def compute() -> list[Any]:
-                rows: list[Any] = [*self._iterable_class(self)]  # type: ignore[misc]
+            def compute(queryset: Self) -> list[Any]:
+                rows: list[Any] = [*queryset._iterable_class(queryset)]  # type: ignore[misc]
                 if lookups and rows and self._iterable_class is ModelIterable:
                     prefetch_related_objects(rows, *lookups)
                 return rows
@@ -341,17 +374,21 @@ class CachedQuerySet(QuerySet[_M]):
     def count(self) -> int:
         if self._result_cache is not None or self._tiercache is None:
             return super().count()
-        return int(self._through_tier("count", super().count))
+        # super() in the lambda is super(CachedQuerySet, qs): the queryset a miss reads from.
+        return int(self._through_tier("count", lambda qs: super().count()))
 
     def exists(self) -> bool:
         if self._result_cache is not None or self._tiercache is None:
             return super().exists()
-        return bool(self._through_tier("exists", super().exists))
+        return bool(self._through_tier("exists", lambda qs: super().exists()))
 
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if self._tiercache is None:
             return super().aggregate(*args, **kwargs)
-        compute = functools.partial(super().aggregate, *args, **kwargs)
+
+        def compute(queryset: Self) -> dict[str, Any]:
+            return super().aggregate(*args, **kwargs)  # super(CachedQuerySet, queryset)
+
         # By their state, not repr(): Sum("f", default=1) and Sum("f", default=2) print alike.
         shape = planner.digest(args, sorted(kwargs.items()))
         return dict(self._through_tier("aggregate", compute, shape))
@@ -637,6 +674,11 @@ def _keyed(
         return value
 
     return tags, compute_keyed, lambda: found <= guess
+
+
+def _writes_pending(connection: BaseDatabaseWrapper, keys: frozenset[str]) -> bool:
+    """Whether the open transaction on ``connection`` has written any of ``keys``."""
+    return has_pending_keys() and bool(pending_keys(connection) & keys)
 
 
 def _may_store(connection: BaseDatabaseWrapper) -> bool:

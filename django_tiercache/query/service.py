@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from django.core.cache import BaseCache, caches
-from django.db import DatabaseError, models
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, models
 
-from django_tiercache import collector, invalidation, stats
+from django_tiercache import collector, invalidation, replicas, stats
 from django_tiercache.conf import MAX_TIMEOUT, tiercache_settings
 from django_tiercache.keys import normalize_keys
+from django_tiercache.query import positions
 from django_tiercache.query.transport import Entry, Transport, is_fresh, transport_for
 from django_tiercache.redact import redact
 
@@ -154,6 +155,10 @@ class QueryResults:
 
     def version_key(self, tag: str) -> str:
         return f"{self._prefixes()[1]}{tag}"
+
+    def position_key(self, tag: str) -> str:
+        """Where the WAL position of the tag's latest invalidation is kept (replicas)."""
+        return f"{tiercache_settings.KEY_PREFIX}:p:{tag}"
 
     def lock_key(self, name: str) -> str:
         return f"{self._prefixes()[2]}{name}"
@@ -441,14 +446,17 @@ class QueryResults:
 
     # -- invalidation ---------------------------------------------------------------------------
 
-    def invalidate(self, keys: Iterable[str]) -> None:
+    def invalidate(self, keys: Iterable[str], using: str = DEFAULT_DB_ALIAS) -> None:
         """Give each key a new version: every entry tagged with one of them becomes a miss.
 
-        Raises when the cache is unreachable: the caller (the commit hook) records the failure in
-        the outbox so that a redrive retries it.
+        ``using`` is the database the change was committed to: where it has read replicas, its
+        WAL position is recorded with the keys first (see :meth:`source`). Raises when the cache
+        is unreachable: the caller (the commit hook) records the failure in the outbox so that a
+        redrive retries it.
         """
         keys = normalize_keys(keys)
         if keys:
+            self._record_position(keys, using)
             token = secrets.randbits(62)
             try:
                 self.transport.invalidate(
@@ -458,6 +466,34 @@ class QueryResults:
                 self.outage.failed(exc)  # serve nothing here until it is replayed
                 raise
             self.recently_invalidated.note(keys)
+
+    def _record_position(self, keys: Iterable[str], using: str) -> None:
+        try:
+            position = replicas.primary_position(using)
+        except Exception:  # the commit is done: invalidate anyway, as without replicas
+            logger.exception("tiercache: could not read the WAL position of %r", using)
+            return
+        if position is not None:
+            names = [self.position_key(key) for key in keys]
+            positions.record(self.cache, names, position, VERSION_TIMEOUT)
+
+    def source(self, tags: Sequence[str], read_alias: str, write_alias: str) -> str:
+        """The database to compute a missed entry tagged ``tags`` from: ``read_alias``, unless it
+        is a replica that may not have applied the latest invalidation of a tag; then
+        ``write_alias``. Called after the tags' versions were read, so every invalidation
+        those versions reflect has its position recorded already.
+        """
+        if not replicas.may_lag(read_alias, write_alias):
+            return read_alias
+        if replicas.comparable(read_alias, write_alias):
+            try:
+                needed = positions.required(self.cache, [self.position_key(tag) for tag in tags])
+            except Exception:
+                needed = replicas.PRIMARY  # unknown: trust only the write database
+            if replicas.has_applied(read_alias, needed):
+                return read_alias
+        stats.incr("query_primary_reads")
+        return write_alias
 
     def invalidate_all(self) -> None:
         """Drop every entry and version token of the query tier (``KEY_PREFIX``).
@@ -491,7 +527,7 @@ def connect() -> None:
         invalidation.TierHandler(
             name=TIER,
             # Looked up on each call, so a replaced or patched method is the one called.
-            invalidate=lambda keys: query_results.invalidate(keys),
+            invalidate=lambda keys, using: query_results.invalidate(keys, using),
             invalidate_all=lambda: query_results.invalidate_all(),
         )
     )
