@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -179,6 +180,38 @@ def uncommitted(products: list[Any], category_id: int, how: str) -> int:
     return leaked
 
 
+def varnish(cycles: int) -> dict[str, Any]:
+    """Save, then at once GET the product page through Varnish (tests/edge_urls.py: an uncached
+    read, which the router sends to the replica). Varnish refills from that replica after the
+    purge: the page is fresh only if the purge waited for the replica."""
+    import requests
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    products, _ = _prepare(cycles, "router")
+    server = ThreadedWSGIServer(("127.0.0.1", int(os.environ["TIERCACHE_TEST_ORIGIN_PORT"])), Quiet)
+    server.set_app(WSGIHandler())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = os.environ["TIERCACHE_TEST_VARNISH_URL"]
+    stale = hits = 0
+    try:
+        for index, product in enumerate(products):
+            page = f"{base}product/{product.pk}/"
+            requests.get(page, timeout=5)
+            hits += requests.get(page, timeout=5).headers.get("X-Cache") == "HIT"
+            product.name = expected = f"p{index}-v1"
+            product.save()  # the purge goes out inline, after the commit
+            stale += requests.get(page, timeout=5).text != expected
+    finally:
+        server.shutdown()
+        server.server_close()
+    return {"cycles": cycles, "stale_pages": stale, "cached_before_save": hits}
+
+
 def serve(how: str) -> None:
     for line in sys.stdin:
         pk, category_id = map(int, line.split())
@@ -187,7 +220,7 @@ def serve(how: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "serve", "edge"])
+    parser.add_argument("command", choices=["run", "serve", "edge", "varnish"])
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--reader", choices=["same", "other"], default="same")
     parser.add_argument("--read", choices=["router", "using"], default="router")
@@ -197,6 +230,8 @@ def main() -> None:
         serve(args.read)
     elif args.command == "edge":
         print(json.dumps(edge(args.cycles)))
+    elif args.command == "varnish":
+        print(json.dumps(varnish(args.cycles)))
     else:
         print(json.dumps(run(args.cycles, args.reader, args.read)))
 

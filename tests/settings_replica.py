@@ -5,7 +5,8 @@ The servers are the ones tests/pg_cluster.py started (``TIERCACHE_TEST_PRIMARY_P
 ``TIERCACHE_TEST_REPLICA_PORT``); the query tier uses ``TIERCACHE_TEST_REDIS_URL``, shared by
 every process of a test. ``TIERCACHE_TEST_REPLICA_SAFETY=off`` turns the replica-lag safety off
 (``READ_REPLICAS = []``), to show what it prevents; ``TIERCACHE_TEST_REPLICA_EDGE=on`` adds a
-purger that looks at the replica when it is called (tests/replica_probe.py).
+purger that looks at the replica when it is called (tests/replica_probe.py);
+``TIERCACHE_TEST_VARNISH_URL`` purges that Varnish and serves tests/edge_urls.py.
 """
 
 from __future__ import annotations
@@ -48,5 +49,17 @@ TIERCACHE = {
 }
 if os.environ.get("TIERCACHE_TEST_REPLICA_EDGE") == "on":
     TIERCACHE["PURGERS"] = {"probe": {"BACKEND": "tests.replica_probe.ReplicaProbePurger"}}
+if os.environ.get("TIERCACHE_TEST_VARNISH_URL"):
+    from tests.varnish_support import TOKEN
+
+    ROOT_URLCONF = "tests.edge_urls"
+    ALLOWED_HOSTS = ["127.0.0.1"]
+    TIERCACHE["PURGERS"] = {
+        "varnish": {
+            "BACKEND": "django_tiercache.purgers.varnish.VarnishPurger",
+            "URLS": [os.environ["TIERCACHE_TEST_VARNISH_URL"]],
+            "TOKEN": TOKEN,
+        }
+    }
 if os.environ.get("TIERCACHE_TEST_REPLICA_SAFETY") == "off":
     TIERCACHE["READ_REPLICAS"] = []

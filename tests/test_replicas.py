@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 from tests.pg_cluster import Cluster, find_bindir, start_cluster
-from tests.redis_server import private_redis
+from tests.redis_server import free_port, private_redis
+from tests.varnish_support import VarnishBinary, start_varnish, varnish_bin
+
+__all__ = ["varnish_bin"]  # fixture
 
 CYCLES = 200
 
@@ -52,9 +55,15 @@ def redis_url() -> Iterator[str]:
 
 
 def scenario(
-    cluster: Cluster, redis_url: str, *args: str, safety: bool = True, edge: bool = False
+    cluster: Cluster,
+    redis_url: str,
+    *args: str,
+    safety: bool = True,
+    edge: bool = False,
+    **extra_env: str,
 ) -> dict[str, Any]:
     env = {
+        **extra_env,
         **os.environ,
         **cluster.env(),
         "DJANGO_SETTINGS_MODULE": "tests.settings_replica",
@@ -114,3 +123,32 @@ def test_edge_purge_waits_for_the_replica(
         assert outcome["early_purges"] == 0
     else:
         assert outcome["early_purges"] > 10
+
+
+@pytest.mark.varnish
+@pytest.mark.parametrize(("safety", "cycles"), [(True, CYCLES), (False, 20)])
+def test_varnish_refills_fresh_pages_after_a_save(
+    pg_cluster: Cluster,
+    redis_url: str,
+    varnish_bin: VarnishBinary,
+    safety: bool,
+    cycles: int,
+) -> None:
+    """Through docs/varnish.vcl in front of a live server whose page reads the replica: the
+    page after each save is fresh when purges wait for the replica, stale when they do not."""
+    origin_port = free_port()
+    with start_varnish(varnish_bin, origin_port) as varnish:
+        outcome = scenario(
+            pg_cluster,
+            redis_url,
+            "varnish",
+            f"--cycles={cycles}",
+            safety=safety,
+            TIERCACHE_TEST_ORIGIN_PORT=str(origin_port),
+            TIERCACHE_TEST_VARNISH_URL=varnish.url,
+        )
+    assert outcome["cached_before_save"] == cycles  # each page was in Varnish before its save
+    if safety:
+        assert outcome["stale_pages"] == 0
+    else:
+        assert outcome["stale_pages"] > cycles // 2
