@@ -63,17 +63,24 @@ def configure(cluster: Cluster, prefix: str) -> None:
 
 
 def seed(rows: int) -> list[int]:
-    from django.db import connection
+    from django.core.management import call_command
+    from django.db import ProgrammingError, connection
 
     from benchmarks.benchapp.models import Group, Item
 
+    call_command("migrate", "django_tiercache", verbosity=0)  # the journal's table
     with connection.schema_editor() as editor:
         editor.create_model(Group)
         editor.create_model(Item)
     group = Group.plain.create(name="g")
     Item.plain.bulk_create([Item(name=f"i{i}", group=group) for i in range(rows)], batch_size=2000)
     pks = list(Item.plain.order_by("pk").values_list("pk", flat=True))
-    while Item.plain.using("replica").count() < rows:  # the replica has them
+    while True:  # until the replica has the table and the rows
+        try:
+            if Item.plain.using("replica").count() >= rows:
+                break
+        except ProgrammingError:  # the table is not there yet
+            pass
         time.sleep(0.05)
     return pks
 
