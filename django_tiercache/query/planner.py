@@ -284,6 +284,9 @@ def _prefetch_models(
         path = getattr(lookup, "prefetch_through", lookup)
         queryset = getattr(lookup, "queryset", None)
         if queryset is not None:
+            # A Prefetch's queryset keeps its own prefetch_related() lookups only in Django's
+            # private _prefetch_related_lookups (no public getter); a rename would hide nested
+            # prefetches' tables, so tests/test_django_contract.py checks it.
             yield queryset.query
             yield from _prefetch_models(
                 queryset.model, getattr(queryset, "_prefetch_related_lookups", ())
@@ -542,7 +545,7 @@ def prefetch_shape(lookups: Iterable[Any]) -> tuple[Any, ...]:
         else:
             queryset = getattr(lookup, "queryset", None)
             inner = None
-            if queryset is not None:  # its own prefetches (nested Prefetch objects) too
+            if queryset is not None:  # its own prefetches (private: see _prefetch_models)
                 nested = prefetch_shape(getattr(queryset, "_prefetch_related_lookups", ()))
                 inner = (fingerprint(queryset.query), nested)
             shape.append((lookup.prefetch_through, lookup.prefetch_to, inner))

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+import django
 from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -42,6 +44,9 @@ from django_tiercache.signals import has_custom_keys, instance_keys, read_scope_
 
 _M = TypeVar("_M", bound=models.Model)
 
+#: Whether this Django has fetch modes (``QuerySet.fetch_mode()``, Django 6.1).
+_FETCH_MODES = django.VERSION >= (6, 1)
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,7 +71,17 @@ class CachedQuerySet(QuerySet[_M]):
     #: "pristine" when the query is known to be as a plain manager makes it (no check needed).
     _pristine: str | None = None
 
-    if TYPE_CHECKING:  # Django's private QuerySet state, which django-stubs does not declare
+    # Django's private QuerySet API, used because no public hook exists for it. Django has no
+    # public way to serve an evaluation from elsewhere (``_fetch_all``, ``_result_cache``,
+    # ``_prefetch_done``, ``_iterable_class``, ``_fields``, ``_known_related_objects``), to copy a
+    # queryset with extra state (``_clone``), or to build a filter later (``_query``,
+    # ``_filter_or_exclude_inplace``, ``_deferred_filter``, ``_sticky_filter``); ``_record()``
+    # copies what ``_clone()`` copies (``_db``, ``_hints``, ``_for_write``,
+    # ``_prefetch_related_lookups``, and ``_fetch_mode`` from Django 6.1). If a Django release
+    # renames one, cached querysets raise AttributeError; if it adds state to ``_clone()``,
+    # recorded querysets lose it. tests/test_django_contract.py checks each assumption on every
+    # Django in tox.ini, so such a release fails there first.
+    if TYPE_CHECKING:  # django-stubs does not declare them
         _query: Query
         _db: str | None
         _hints: dict[str, Any]
@@ -76,12 +91,13 @@ class CachedQuerySet(QuerySet[_M]):
         _fields: tuple[str, ...] | None
         _deferred_filter: Any
         _sticky_filter: bool
+        _fetch_mode: Any
 
-        def _chain(self) -> Self: ...
         def _filter_or_exclude_inplace(self, negate: bool, args: Any, kwargs: Any) -> None: ...
 
     def _clone(self) -> Self:
-        clone: Self = super()._clone()  # type: ignore[misc]  # applies pending operations first
+        # Django's _clone() reads self.query, which applies the recorded operations first.
+        clone: Self = super()._clone()  # type: ignore[misc]
         clone._tiercache = self._tiercache
         return clone
 
@@ -91,13 +107,13 @@ class CachedQuerySet(QuerySet[_M]):
         ``timeout`` (seconds) overrides ``TIERCACHE["TIMEOUT"]``; ``keys`` adds surrogate keys
         the results also depend on (invalidating one of them makes them a miss).
         """
-        clone = self._chain()
+        clone = self.all()
         clone._tiercache = _options(timeout, keys)
         return clone
 
     def uncached(self) -> Self:
         """This queryset without the query tier."""
-        clone = self._chain()
+        clone = self.all()
         clone._tiercache = None
         return clone
 
@@ -147,6 +163,8 @@ class CachedQuerySet(QuerySet[_M]):
         clone._known_related_objects = self._known_related_objects
         clone._iterable_class = self._iterable_class
         clone._fields = self._fields
+        if _FETCH_MODES:
+            clone._fetch_mode = self._fetch_mode
         clone._tiercache = self._tiercache
         clone._pristine = self._pristine
         clone._operations = (*(self._operations or ()), *operations)
@@ -353,13 +371,29 @@ class CachedQuerySet(QuerySet[_M]):
                     prefetch_related_objects(rows, *lookups)
                 return rows
 
+            # Django 6.1's fetch mode is part of the rows (each keeps it): one entry per mode.
+            mode = type(self._fetch_mode).__qualname__ if _FETCH_MODES else None
             rows = self._through_tier(
-                "rows", compute, self._iterable_class.__qualname__, self._fields
+                "rows", compute, self._iterable_class.__qualname__, self._fields, mode
             )
             self._result_cache = list(rows)
             self._prefetch_done = True
             self._restore_known_related_objects()
+            self._restore_peers()
         super()._fetch_all()
+
+    def _restore_peers(self) -> None:
+        """Django 6.1's ``FETCH_PEERS``: link the rows as Django's iterable does, so that a
+        deferred field or relation of one is fetched for all (the links are not pickled)."""
+        if not _FETCH_MODES or not self._fetch_mode.track_peers:
+            return
+        if self._iterable_class is not ModelIterable:
+            return
+        # ModelState.peers: Django's private list of weak references to the instances loaded
+        # together (ModelIterable sets it); tests/test_django_contract.py checks it.
+        peers: list[weakref.ref[models.Model]] = [weakref.ref(r) for r in self._result_cache or ()]
+        for row in self._result_cache or ():
+            row._state.peers = peers
 
     def _restore_known_related_objects(self) -> None:
         """Point cached rows at the caller's related instances, as Django's iterable does."""
