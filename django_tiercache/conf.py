@@ -53,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
     # rows to the edge tier; None picks the built-in dispatcher (see django_tiercache.edge.outbox).
     "DISPATCHER": None,
     # Database aliases that serve reads from a replica of the database a model writes to; None:
-    # every alias but the write alias may lag; []: no replica safety (docs/query.rst "Replicas").
+    # the aliases whose settings describe a replica (TEST MIRROR, or the same NAME on another
+    # HOST/PORT); []: no replica safety (docs/query.rst "Database read replicas").
     "READ_REPLICAS": None,
     # Longest wait (seconds) for the replicas to apply a change before its edge purge goes out.
     "REPLICA_WAIT": 2.0,

@@ -8,8 +8,9 @@ the primary's ``pg_current_wal_insert_lsn()`` after a commit, a replica's
 ``pg_last_wal_replay_lsn()``. Other databases have no position this module can compare: their
 replicas are never trusted with a recent change (see :func:`may_lag` and docs/query.rst).
 
-Which aliases are replicas: ``TIERCACHE["READ_REPLICAS"]``; ``None`` (the default) counts every
-alias other than the one a model writes to, ``[]`` turns the safety off.
+Which aliases are replicas: ``TIERCACHE["READ_REPLICAS"]``; ``None`` (the default) counts the
+aliases whose settings describe a replica of the write alias (see :func:`looks_like_replica`),
+``[]`` turns the safety off.
 """
 
 from __future__ import annotations
@@ -32,9 +33,26 @@ PRIMARY = 1 << 64
 
 
 def configured() -> list[str] | None:
-    """``READ_REPLICAS``: the replica aliases, or None for "any alias but the write alias"."""
+    """``READ_REPLICAS``: the replica aliases, or None for "those that look like replicas"."""
     value = tiercache_settings.READ_REPLICAS
     return None if value is None else list(value)
+
+
+def looks_like_replica(read_alias: str, write_alias: str) -> bool:
+    """Whether the settings of ``read_alias`` describe a replica of ``write_alias``: its
+    ``TEST["MIRROR"]`` is the write alias, or it has the same engine and database name on
+    another server (``HOST``/``PORT``). Another database name, or the same server, is not one:
+    two aliases of independent databases (or of one) never lag behind each other."""
+    read, write = settings.DATABASES.get(read_alias), settings.DATABASES.get(write_alias)
+    if read is None or write is None:
+        return True  # not described: assume the worst
+    if (read.get("TEST") or {}).get("MIRROR") == write_alias:
+        return True
+
+    def same(name: str) -> bool:
+        return bool(read.get(name) == write.get(name))
+
+    return same("ENGINE") and same("NAME") and not (same("HOST") and same("PORT"))
 
 
 def may_lag(read_alias: str, write_alias: str) -> bool:
@@ -42,14 +60,16 @@ def may_lag(read_alias: str, write_alias: str) -> bool:
     if read_alias == write_alias:
         return False
     replicas = configured()
-    return read_alias in replicas if replicas is not None else True
+    if replicas is None:
+        return looks_like_replica(read_alias, write_alias)
+    return read_alias in replicas
 
 
 def replicas_of(write_alias: str) -> list[str]:
     """The aliases that may lag behind ``write_alias``."""
     replicas = configured()
     aliases = replicas if replicas is not None else list(settings.DATABASES)
-    return [alias for alias in aliases if alias != write_alias]
+    return [alias for alias in aliases if may_lag(alias, write_alias)]
 
 
 def comparable(read_alias: str, write_alias: str) -> bool:

@@ -69,4 +69,7 @@ TIERCACHE = {
     # No look at the journal every few seconds: Django's tests count their queries exactly, and
     # nothing fails here that another process would have to learn of.
     "RECOVERY_POLL": None,
+    # "other" is an independent database, never a replica of "default": no WAL position read after
+    # each commit (Django's tests assert the last query's SQL).
+    "READ_REPLICAS": [],
 }

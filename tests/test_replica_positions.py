@@ -36,17 +36,33 @@ def test_lsn_text_to_position() -> None:
     assert replicas.parse_lsn("0/3000F78") < replicas.parse_lsn("0/3001178")
 
 
+_PRIMARY = {"ENGINE": "django.db.backends.postgresql", "NAME": "shop", "HOST": "db1", "PORT": ""}
+_ALIASES = {
+    "default": _PRIMARY,
+    "replica": {**_PRIMARY, "HOST": "db2"},  # the same database on another server
+    "mirror": {**_PRIMARY, "NAME": "other", "TEST": {"MIRROR": "default"}},
+    "reporting": {**_PRIMARY, "NAME": "reports"},  # another database
+    "again": {**_PRIMARY},  # the same server and database under a second alias
+}
+
+
 @pytest.mark.parametrize(
     ("configured", "read", "expected"),
     [
-        (None, "replica", True),  # by default any alias but the write alias may lag
+        (None, "replica", True),  # by default the aliases that look like replicas may lag
+        (None, "mirror", True),
+        (None, "reporting", False),
+        (None, "again", False),
         (None, "default", False),
         ([], "replica", False),  # the safety turned off
         (["replica"], "replica", True),
-        (["replica"], "reporting", False),
+        (["replica"], "mirror", False),
+        (["reporting"], "reporting", True),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # read, never connected to
 def test_which_reads_may_lag(settings: Any, configured: Any, read: str, expected: bool) -> None:
+    settings.DATABASES = _ALIASES
     settings.TIERCACHE = {**settings.TIERCACHE, "READ_REPLICAS": configured}
     assert replicas.may_lag(read, "default") is expected
 
