@@ -47,7 +47,7 @@ def install(mode: str) -> None:
     if os.environ.get("DJANGOSUITE_BREAK_INVALIDATION"):  # proves the suite can see staleness
         from django_tiercache.query import QueryResults
 
-        QueryResults.invalidate = lambda self, keys: None  # type: ignore[method-assign]
+        QueryResults.invalidate = lambda self, keys, using=None: None  # type: ignore[method-assign]
     if mode == "transactions":
         return
     _hide_testcase_transactions()
