@@ -43,7 +43,8 @@ def looks_like_replica(read_alias: str, write_alias: str) -> bool:
     ``TEST["MIRROR"]`` is the write alias, or it has the same engine and database name on
     another server (``HOST``/``PORT``). Another database name, or the same server, is not one:
     two aliases of independent databases (or of one) never lag behind each other."""
-    read, write = settings.DATABASES.get(read_alias), settings.DATABASES.get(write_alias)
+    databases: dict[str, dict[str, Any]] = settings.DATABASES
+    read, write = databases.get(read_alias), databases.get(write_alias)
     if read is None or write is None:
         return True  # not described: assume the worst
     if (read.get("TEST") or {}).get("MIRROR") == write_alias:
