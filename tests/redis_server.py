@@ -85,6 +85,13 @@ class RedisServer:
             self.process.wait(timeout=10)
             self.process = None
 
+    def kill(self) -> None:
+        """End the server at once (SIGKILL), as a crash does: no shutdown, no save."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
     def pause(self, seconds: float) -> None:
         """Make the server unresponsive (not closed) for ``seconds``, as a stalled Redis is."""
         self.client().execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
@@ -184,9 +191,16 @@ def sentinel_set() -> Iterator[SentinelSet]:
         yield found
 
 
+def cluster_ok(nodes: list[RedisServer]) -> bool:
+    """Whether every node sees the cluster as serving all its slots."""
+    return all(node.client().cluster("info")["cluster_state"] == "ok" for node in nodes)
+
+
 @contextmanager
 def cluster(masters: int = 3) -> Iterator[list[RedisServer]]:
-    """A Redis Cluster of ``masters`` masters (no replicas), slots spread evenly."""
+    """A Redis Cluster of ``masters`` masters (no replicas), slots spread evenly. A node stopped
+    and started again keeps its identity and slots (its ``nodes.conf`` stays in its directory)
+    but not its data."""
     with ExitStack() as stack:
         # The bus port is not port + 10000, which may exceed 65535.
         buses = [free_port() for _ in range(masters)]
@@ -206,8 +220,5 @@ def cluster(masters: int = 3) -> Iterator[list[RedisServer]]:
             node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
         for node, bus in zip(nodes[1:], buses[1:], strict=True):
             nodes[0].client().execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
-        wait_until(
-            lambda: all(n.client().cluster("info")["cluster_state"] == "ok" for n in nodes),
-            what="the cluster to form",
-        )
+        wait_until(lambda: cluster_ok(nodes), what="the cluster to form")
         yield nodes

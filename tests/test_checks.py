@@ -14,6 +14,10 @@ from django_tiercache.conf import tiercache_settings
 
 LOCMEM = "django_tiercache.purgers.locmem.LocMemPurger"
 
+CLUSTER = "django_tiercache.query.cluster.RedisClusterCache"
+CLUSTER_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+NODES = ["redis://127.0.0.1:1", "rediss://user:secret@127.0.0.1:2/0"]
+
 # Django's own model checks may ask the database what it supports (JSONField on SQLite).
 pytestmark = pytest.mark.django_db
 
@@ -211,6 +215,7 @@ def test_a_sharded_query_cache_is_refused() -> None:
             "django.core.cache.backends.redis.RedisCache",
             {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         ),
+        (CLUSTER, {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}),
     ],
 )
 def test_a_query_cache_without_timeouts_is_warned_about(
@@ -224,6 +229,35 @@ def test_a_query_cache_without_timeouts_is_warned_about(
     timed = _query_cache(BACKEND=backend, LOCATION=location, OPTIONS=timeouts)
     with override_settings(CACHES=timed):
         assert ids(CACHE_ALIAS="q") == []
+
+
+def test_a_redis_cluster_cache_is_accepted_without_connecting() -> None:
+    config = _query_cache(BACKEND=CLUSTER, LOCATION=NODES, OPTIONS=CLUSTER_TIMEOUTS)
+    with override_settings(CACHES=config):  # nothing listens on ports 1 and 2
+        assert ids(CACHE_ALIAS="q") == []
+
+
+@pytest.mark.parametrize(
+    ("location", "options", "tiercache", "expected"),
+    [
+        ("", {}, {}, "names no node"),
+        (["127.0.0.1:7000"], {}, {}, "not a redis:// or rediss:// URL"),
+        (["redis://127.0.0.1:7000/3"], {}, {}, "only database 0"),
+        (NODES, {"read_from_replicas": True}, {}, "reads from replicas"),
+        (NODES, {"load_balancing_strategy": 1}, {}, "reads from replicas"),
+        (NODES, {}, {"WAIT_FOR_REPLICAS": 1}, "WAIT_FOR_REPLICAS"),
+    ],
+)
+def test_a_redis_cluster_cache_set_up_wrongly_is_refused(
+    location: Any, options: dict[str, Any], tiercache: dict[str, Any], expected: str
+) -> None:
+    options = {**CLUSTER_TIMEOUTS, **options}
+    config = _query_cache(BACKEND=CLUSTER, LOCATION=location, OPTIONS=options)
+    with override_settings(CACHES=config):
+        (msg,) = messages(CACHE_ALIAS="q", **tiercache)
+    assert msg.id == "tiercache.E012"
+    assert expected in msg.msg
+    assert msg.hint
 
 
 @pytest.mark.parametrize("name", ["TIER_CACHE", "TIERCACHES", "TIERCAHCE", "TIER_CACHE_SETTINGS"])

@@ -7,7 +7,8 @@ script (``lua/read.lua``, a redis-py ``Script``) that reads them and takes the s
 atomically; a write is one pipeline. Any other Django cache (:class:`Transport`) gets the same
 semantics through ``get_many``/``add``/``set``/``delete``, in more round trips.
 
-:func:`transport_for` picks the transport by what the cache can do and refuses, with
+:class:`~django_tiercache.query.cluster.ClusterTransport` serves Redis Cluster (its own
+key layout). :func:`transport_for` picks the transport by what the cache can do and refuses, with
 :class:`UnsupportedCache`, a shape it cannot serve correctly (the ``tiercache.E009`` check
 reports it at start-up).
 """
@@ -252,6 +253,9 @@ def transport_for(alias: str) -> Transport:
     Raises :class:`UnsupportedCache` for a cache that is Redis but not servable correctly.
     """
     cache: Any = caches[alias]
+    own = getattr(cache, "query_transport", None)  # a cache that brings its own (a cluster)
+    if callable(own):
+        return own()  # type: ignore[no-any-return]
     if isinstance(cache, RedisCache):
         return RedisTransport(cache, _django_primary(alias), _pickle, pickle.loads)
     client = getattr(cache, "client", None)
@@ -291,7 +295,8 @@ def _refuse_cluster(primary: Any) -> None:
 
     if isinstance(primary, RedisCluster):
         raise UnsupportedCache(
-            "The query-tier cache is a Redis Cluster client, which the query tier does not "
-            "support yet.",
-            "Give the query tier a cache on a single primary (with replicas or Sentinel).",
+            "The query-tier cache is a Redis Cluster client behind django-redis, which routes "
+            "neither the query tier's script nor its multi-key reads by slot.",
+            "Use BACKEND 'django_tiercache.query.cluster.RedisClusterCache' for a Redis "
+            "Cluster (see 'Deployment shapes' in the docs).",
         )

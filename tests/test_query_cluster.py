@@ -1,0 +1,173 @@
+"""The query tier on a Redis Cluster of three masters (real ``redis-server`` processes on free
+ports, through ``RedisClusterCache``): a hit on the second read, no stale read over 100+
+write/read cycles with version tokens on every shard, invalidation across shards, and a master
+killed and restarted empty (0 errors to callers, nothing stale after recovery).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+
+from django_tiercache import stats
+from django_tiercache.query import QueryResults, query_results
+from django_tiercache.query.cluster import BACKEND, ClusterTransport
+from tests.redis_server import RedisServer, cluster, cluster_ok, wait_until
+from tests.test_query_deployments import TIMEOUTS, assert_hit_on_second_read, price, use_cache
+from tests.testapp.models import Category, Product
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[list[RedisServer]]:
+    with cluster(3) as found:
+        yield found
+
+
+@pytest.fixture
+def on_cluster(nodes: list[RedisServer], settings: Any) -> Iterator[list[RedisServer]]:
+    options = {key.lower(): value for key, value in TIMEOUTS.items()}
+    location = [node.url for node in nodes]
+    use_cache(settings, {"BACKEND": BACKEND, "LOCATION": location, "OPTIONS": options})
+    assert isinstance(query_results.transport, ClusterTransport)
+    yield nodes
+    caches["query"].close()
+
+
+def shard_of(nodes: list[RedisServer], tag: str) -> int:
+    """The port of the master holding the version token of ``tag``."""
+    name = caches["query"].make_key(query_results.version_key(tag))
+    return int(query_results.transport.client.get_node_from_key(name).port)
+
+
+@pytest.fixture
+def products() -> list[Product]:
+    category = Category.objects.create()
+    return [
+        Product.objects.create(name=f"p{n}", price=Decimal(0), category=category) for n in range(12)
+    ]
+
+
+def test_hit_and_no_stale_read_with_tokens_on_every_shard(
+    on_cluster: list[RedisServer], products: list[Product]
+) -> None:
+    shards = {shard_of(on_cluster, f"testapp.product:{p.pk}") for p in products}
+    assert len(shards) == 3, "the products' version tokens should spread over the 3 masters"
+    assert_hit_on_second_read(products[0])
+    stale = 0
+    for cycle in range(1, 121):
+        product = products[cycle % len(products)]
+        Product.objects.filter(pk=product.pk).update(price=Decimal(cycle))
+        stale += sum(price(product.pk) != Decimal(cycle) for _ in range(2))
+    assert stale == 0
+    assert stats.get("query_hits") >= 120
+    assert stats.get("query_errors") == 0
+
+
+def test_an_invalidation_on_any_shard_reaches_an_entry_on_another(
+    on_cluster: list[RedisServer],
+) -> None:
+    """One entry tagged with keys whose tokens sit on three different masters: invalidating any
+    one of them makes it a miss."""
+    by_shard: dict[int, str] = {}
+    for n in range(100):
+        by_shard.setdefault(shard_of(on_cluster, f"shop.thing:{n}"), f"shop.thing:{n}")
+    keys = sorted(by_shard.values())
+    assert len(keys) == 3
+    computed = []
+
+    def compute() -> int:
+        computed.append(1)
+        return len(computed)
+
+    assert query_results.get_or_set("things", compute, keys=keys) == 1
+    assert query_results.get_or_set("things", compute, keys=keys) == 1  # a hit
+    for round_, key in enumerate(keys, start=2):
+        query_results.invalidate([key])
+        assert query_results.get_or_set("things", compute, keys=keys) == round_
+        assert query_results.get_or_set("things", compute, keys=keys) == round_
+
+
+def test_a_cached_list_sees_a_row_saved_on_another_shard(
+    on_cluster: list[RedisServer], products: list[Product]
+) -> None:
+    category = products[0].category
+
+    def prices() -> list[Decimal]:
+        return [p.price for p in Product.objects.filter(category=category).order_by("pk").cached()]
+
+    assert prices() == [Decimal(0)] * 12
+    with CaptureQueriesContext(connection) as queries:
+        assert prices() == [Decimal(0)] * 12
+    assert len(queries) == 0
+    for n, product in enumerate(products, start=1):
+        product.price = Decimal(n)
+        product.save()
+        assert prices()[n - 1] == Decimal(n)
+
+
+def test_a_master_killed_and_restarted_empty(
+    on_cluster: list[RedisServer], products: list[Product], settings: Any
+) -> None:
+    """Readers and writers carry on while one master is down (fail-open: from the database);
+    once it is back, empty, nothing stale is served, here or in a second process."""
+    settings.TIERCACHE = {**settings.TIERCACHE, "RETRY_INTERVAL": 0.1}
+    pen = products[0]
+    assert_hit_on_second_read(pen)
+    other = QueryResults()  # a second process's service: same cache, its own state
+
+    def other_price() -> Decimal:
+        keys = [f"testapp.product:{pen.pk}"]
+        return other.get_or_set("pen", lambda: Product.objects.get(pk=pen.pk).price, keys=keys)
+
+    assert other_price() == other_price() == Decimal(0)  # cached there too
+    stop, errors, cycles = threading.Event(), [], [0]
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                cycles[0] += 1
+                value = Decimal(cycles[0])
+                Product.objects.filter(pk=pen.pk).update(price=value)
+                assert price(pen.pk) == value
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(0.5)
+    victim = on_cluster[1]
+    victim.kill()
+    time.sleep(3)  # past cluster-node-timeout: the other masters declare the cluster down
+    victim.start()
+    wait_until(lambda: cluster_ok(on_cluster), what="the cluster to recover")
+    time.sleep(1)
+    stop.set()
+    thread.join(20)
+    assert errors == []
+    assert cycles[0] > 10
+    assert stats.get("query_errors") > 0  # the outage was seen, and hidden from callers
+    latest = Product.objects.get(pk=pen.pk).price
+    assert price(pen.pk) == latest
+    tiercache = settings.TIERCACHE
+    settings.TIERCACHE = {**tiercache, "RECOVERY_POLL": 0}  # the other process looks now
+    assert other_price() == latest
+    settings.TIERCACHE = tiercache
+    stale = 0
+    for cycle in range(1000, 1030):
+        product = products[cycle % len(products)]
+        Product.objects.filter(pk=product.pk).update(price=Decimal(cycle))
+        stale += sum(price(product.pk) != Decimal(cycle) for _ in range(2))
+    assert stale == 0
+    assert_hit_on_second_read(pen)
