@@ -171,3 +171,44 @@ def test_a_master_killed_and_restarted_empty(
         stale += sum(price(product.pk) != Decimal(cycle) for _ in range(2))
     assert stale == 0
     assert_hit_on_second_read(pen)
+
+
+def test_the_backend_is_a_django_cache(on_cluster: list[RedisServer]) -> None:
+    """The alias serves other uses too: Django's cache API, keys on every master."""
+    cache = caches["query"]
+    cache.set_many({f"k{n}": {"n": n} for n in range(30)}, 60)
+    assert cache.get_many([f"k{n}" for n in range(30)]) == {f"k{n}": {"n": n} for n in range(30)}
+    assert cache.add("k1", "other") is False
+    assert cache.add("new", "value", 60) is True
+    assert cache.get("new") == "value"
+    cache.set("count", 1)
+    assert cache.incr("count", 2) == 3
+    with pytest.raises(ValueError, match="not found"):
+        cache.incr("missing")
+    assert cache.touch("count", None) is True
+    assert cache.has_key("count")
+    cache.delete_many([f"k{n}" for n in range(30)])
+    assert cache.get_many([f"k{n}" for n in range(30)]) == {}
+    cache.set("gone", 1, 0)  # a timeout of 0 expires at once, as in Django
+    assert cache.get("gone", "default") == "default"
+    assert cache.delete("new") is True
+    assert cache.get("new") is None
+
+
+def test_invalidate_all_drops_the_tier_s_keys_only(
+    on_cluster: list[RedisServer], products: list[Product]
+) -> None:
+    caches["query"].set("session:1", "kept")
+    for product in products:
+        assert_hit_on_second_read(product)
+    prefix = f"*{query_results.entry_key('')}*"
+    assert sum(len(node.client().keys(prefix)) for node in on_cluster) == len(products)
+    query_results.invalidate_all()
+    assert caches["query"].get("session:1") == "kept"
+    assert all(node.client().keys(prefix) == [] for node in on_cluster)
+    assert all(
+        node.client().keys(f"*{query_results.version_key('')}*") == [] for node in on_cluster
+    )
+    with CaptureQueriesContext(connection) as queries:
+        price(products[0].pk)
+    assert len(queries) == 1  # the entry is gone
