@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/http_overhead.py [--processes 5] [--requests 2000]
+    .venv/bin/python benchmarks/http_overhead.py [--processes 5] [--requests 2000] [--no-etag]
 
 Every variant goes through Django's request handler (URL resolution, response creation) with the
 same busy ~1 ms view and the same HTML body, joined from its rows per request as a template
@@ -104,7 +104,7 @@ def add_keys_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(render())
 
 
-def configure() -> None:
+def configure(etag: bool = True) -> None:
     settings.configure(
         DEBUG=False,
         SECRET_KEY="benchmark",
@@ -113,7 +113,7 @@ def configure() -> None:
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_tiercache"],
         DATABASES={},
         MIDDLEWARE=[],
-        TIERCACHE={"HTTP": {"KEY_HEADERS": ["Surrogate-Key", "Cache-Tag"]}},
+        TIERCACHE={"HTTP": {"KEY_HEADERS": ["Surrogate-Key", "Cache-Tag"], "ETAG": etag}},
         LOGGING_CONFIG=None,
     )
     django.setup()
@@ -151,7 +151,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     row = b"<p>product row</p>"
     ROWS[:] = [row] * (args.body_bytes // len(row)) + [row[: args.body_bytes % len(row)]]
 
-    configure()
+    configure(etag=not args.no_etag)
     from django.test import RequestFactory
 
     from django_tiercache.http.decorators import origin_cache
@@ -175,7 +175,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         assert len(probe["Surrogate-Key"].split(" ")) == KEY_COUNT, probe["Surrogate-Key"]
         assert probe["Cache-Control"] == "public, max-age=0, s-maxage=600"
         assert probe["Vary"] == "Accept-Encoding"
-        assert probe["ETag"].startswith('"')
+        assert probe["ETag"].startswith('"') if not args.no_etag else "ETag" not in probe
 
     for _ in range(200):  # warm-up
         for get_response, urls in variants.values():
@@ -227,6 +227,8 @@ def run_process(args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--measure"]
     for option in ("requests", "body_bytes", "view_ms", "rounds"):
         command.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
+    if args.no_etag:
+        command.append("--no-etag")
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result: dict[str, Any] = json.loads(output)
     return result
@@ -239,6 +241,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
     base_median = statistics.median(timings["plain"])
     base_p99 = percentile(timings["plain"], 0.99)
     print(
+        f"{'ETAG off, ' if args.no_etag else ''}"
         f"{args.processes} processes x {args.requests} requests per variant, view busy "
         f"{args.view_ms:.1f} ms, body {args.body_bytes} bytes, {KEY_COUNT} keys, "
         f"Python {sys.version.split()[0]}, Django {runs[0]['django']}"
@@ -272,6 +275,9 @@ def main() -> None:
     parser.add_argument("--body-bytes", type=int, default=10_000, help="HTML body size")
     parser.add_argument("--view-ms", type=float, default=1.0, help="busy time of the view")
     parser.add_argument("--rounds", type=int, default=5, help="rounds a process is split in")
+    parser.add_argument(
+        "--no-etag", action="store_true", help='TIERCACHE["HTTP"]["ETAG"] = False (no body hash)'
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:

@@ -78,6 +78,8 @@ HTTP_DEFAULTS: dict[str, Any] = {
     "KEY_HEADERS": ("Surrogate-Key", "Cache-Tag"),
     # None: on when settings.DEBUG is true.
     "SERVER_TIMING": None,
+    # Give origin_cache / private_cache GET and HEAD responses Django's ETag (a hash of the body).
+    "ETAG": True,
 }
 
 

@@ -276,6 +276,22 @@ def test_view_etag_is_kept(client: Client) -> None:
     assert response["ETag"] == '"v1"'
 
 
+def test_etag_off_leaves_the_body_unhashed_and_still_answers_a_view_etag(
+    client: Client, settings: Any
+) -> None:
+    http_settings(settings, ETAG=False)
+
+    public = client.get("/http/public/")
+    private = client.get("/http/private/")
+    own = client.get("/http/own-etag/", headers={"If-None-Match": '"v1"'})
+
+    assert "ETag" not in public
+    assert public["Cache-Control"] == "public, max-age=0, s-maxage=600"
+    assert "ETag" not in private
+    assert own.status_code == 304
+    assert own["ETag"] == '"v1"'
+
+
 def test_private_responses_get_etag_and_304(client: Client) -> None:
     etag = client.get("/http/private/")["ETag"]
 

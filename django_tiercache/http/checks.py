@@ -46,6 +46,7 @@ _HTTP: Schema = {
         f"a list of: {', '.join(header for header, _ in KEY_HEADERS.values())}",
     ),
     "SERVER_TIMING": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
+    "ETAG": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 

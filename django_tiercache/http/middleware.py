@@ -16,9 +16,9 @@ keys of cached queries and :func:`~django_tiercache.add_keys` land there) and th
 
 ``origin_cache`` and ``private_cache`` views get ``Accept-Encoding`` (and ``vary_on``) in
 ``Vary``; any response whose session was accessed or that sets the CSRF cookie gets ``Cookie``.
-Their GET responses get Django's ETag (``set_response_etag``; streaming responses excepted) and a
-304 through :func:`django.utils.cache.get_conditional_response`. ``SERVER_TIMING`` adds query-tier
-hits and misses in a ``Server-Timing`` header.
+Their GET responses get Django's ETag (``set_response_etag``; streaming responses excepted; not
+with ``ETAG`` off) and a 304 through :func:`django.utils.cache.get_conditional_response`.
+``SERVER_TIMING`` adds query-tier hits and misses in a ``Server-Timing`` header.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class _Options:
     __slots__ = (
         "_edge",
         "cacheable_statuses",
+        "etag",
         "http",
         "key_headers",
         "max_key_header_bytes",
@@ -92,6 +93,7 @@ class _Options:
         self.max_key_header_bytes: int = http["MAX_KEY_HEADER_BYTES"]
         timing = http["SERVER_TIMING"]
         self.server_timing = bool(timing or (timing is None and settings.DEBUG))
+        self.etag = bool(http["ETAG"])
         self.key_headers: tuple[tuple[str, str], ...] | None
         try:
             self.key_headers = resolve_key_headers(http["KEY_HEADERS"])
@@ -201,7 +203,7 @@ class TierCacheMiddleware:
                 else:  # what patch_vary_headers writes on a response without Vary
                     response.headers["Vary"] = "Accept-Encoding"
             if kind != "no-store":
-                response = self._conditional(request, response, "etag" in names)
+                response = self._conditional(request, response, "etag" in names, options.etag)
         if options.server_timing:
             self._server_timing(response)
         return response
@@ -354,10 +356,10 @@ class TierCacheMiddleware:
 
     @staticmethod
     def _conditional(
-        request: HttpRequest, response: HttpResponseBase, has_etag: bool
+        request: HttpRequest, response: HttpResponseBase, has_etag: bool, make_etag: bool
     ) -> HttpResponseBase:
-        """ETag a successful GET or HEAD (the same ETag: HEAD's body is GET's; a view's own ETag,
-        ``has_etag``, is kept) and answer its conditional headers, as Django's
+        """ETag a successful GET or HEAD if ``make_etag`` (the same ETag: HEAD's body is GET's; a
+        view's own ETag, ``has_etag``, is kept) and answer its conditional headers, as Django's
         ``ConditionalGetMiddleware`` does; a 304 keeps the edge headers."""
         if not (
             request.method in _CACHEABLE_METHODS
@@ -365,7 +367,7 @@ class TierCacheMiddleware:
             and 200 <= response.status_code < 300
         ):
             return response
-        if not has_etag:
+        if make_etag and not has_etag:
             set_response_etag(response)  # none for an empty body
         if request.META.keys().isdisjoint(_CONDITIONAL_HEADERS):
             # What get_conditional_response would conclude, without parsing four empty headers
