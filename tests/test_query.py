@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -128,6 +129,27 @@ def test_second_evaluation_is_a_hit(shop: dict[str, Any], name: str) -> None:
     assert first == second
     assert first_queries >= 1
     assert second_queries == 0, f"{name} hit the database again"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"PICKLE_VERSION": 2}, {"COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor"}],
+    ids=["default", "pickle-2", "zlib"],
+)
+def test_entries_are_hits_with_each_django_redis_encoding(
+    shop: dict[str, Any], settings: Any, options: dict[str, Any]
+) -> None:
+    caches = copy.deepcopy(settings.CACHES)
+    caches["default"]["OPTIONS"].update(options)
+    settings.CACHES = caches
+    stats.reset()
+    evaluate = lambda: Product.objects.cached().get(pk=shop["products"][0].pk).name  # noqa: E731
+
+    first, _ = db_queries(evaluate)
+    second, second_queries = db_queries(evaluate)
+
+    assert (second, second_queries) == (first, 0)
+    assert stats.snapshot()["query_errors"] == 0
 
 
 @pytest.mark.parametrize("change", CHANGES)
