@@ -290,7 +290,7 @@ class CachedQuerySet(QuerySet[_M]):
             self._query.select_for_update
             or not query_plan.cacheable
             # read your own uncommitted writes
-            or _writes_pending(connections[db], query_plan.depends_on)
+            or _writes_pending(db, query_plan.depends_on)
         ):
             _bypassed(self.model, query_plan)
             value = compute(self)
@@ -354,7 +354,7 @@ class CachedQuerySet(QuerySet[_M]):
         stray.clear()
         write_db = router.db_for_write(self.model, **self._hints)
         source = query_results.source(tags, db, write_db)
-        if source != db and _writes_pending(connections[source], depends_on):
+        if source != db and _writes_pending(source, depends_on):
             # The write database would show this transaction's uncommitted rows: read as the
             # router says, and store nothing.
             stray.append("uncommitted writes on the write database")
@@ -710,9 +710,13 @@ def _keyed(
     return tags, compute_keyed, lambda: found <= guess
 
 
-def _writes_pending(connection: BaseDatabaseWrapper, keys: frozenset[str]) -> bool:
-    """Whether the open transaction on ``connection`` has written any of ``keys``."""
-    return has_pending_keys() and bool(pending_keys(connection) & keys)
+def _writes_pending(alias: str, keys: frozenset[str]) -> bool:
+    """Whether the open transaction on database ``alias`` has written any of ``keys``.
+
+    ``connections[alias]`` (a thread-local lookup) only when some transaction has keys pending:
+    a hit outside such a transaction looks up no connection.
+    """
+    return has_pending_keys() and bool(pending_keys(connections[alias]) & keys)
 
 
 def _may_store(connection: BaseDatabaseWrapper) -> bool:
