@@ -212,3 +212,49 @@ def test_invalidate_all_drops_the_tier_s_keys_only(
     with CaptureQueriesContext(connection) as queries:
         price(products[0].pk)
     assert len(queries) == 1  # the entry is gone
+
+
+def test_no_stale_read_with_concurrent_writers_and_readers(
+    on_cluster: list[RedisServer], products: list[Product]
+) -> None:
+    """Two writers and two readers on products whose tokens sit on every master: a read that
+    starts after a save's commit hook returned never sees an older price."""
+    if connection.vendor == "sqlite":
+        pytest.skip("concurrent writers need PostgreSQL (TIERCACHE_TEST_DATABASE=postgres)")
+    committed = {p.pk: 0 for p in products}  # the latest price whose invalidation completed
+    stale, errors, lock = [], [], threading.Lock()
+
+    def writer(offset: int) -> None:
+        try:
+            for cycle in range(offset, 150, 2):
+                product = products[cycle % len(products)]
+                Product.objects.filter(pk=product.pk).update(price=Decimal(cycle))
+                with lock:  # the commit hook has returned: the save is complete
+                    committed[product.pk] = max(committed[product.pk], cycle)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def reader() -> None:
+        try:
+            for n in range(300):
+                product = products[n % len(products)]
+                with lock:
+                    floor = committed[product.pk]
+                if price(product.pk) < floor:
+                    stale.append(product.pk)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(offset,)) for offset in (1, 2)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert stale == []
+    assert stats.get("query_hits") > 0
