@@ -1,7 +1,8 @@
 """The query tier on a Redis Cluster of three masters (real ``redis-server`` processes on free
 ports, through ``RedisClusterCache``): a hit on the second read, no stale read over 100+
-write/read cycles with version tokens on every shard, invalidation across shards, and a master
-killed and restarted empty (0 errors to callers, nothing stale after recovery).
+write/read cycles with version tokens on every shard (also with concurrent writers), invalidation
+across shards, a master killed and restarted empty (0 errors to callers, nothing stale after
+recovery) and a stalled master (one failed read per retry interval).
 """
 
 from __future__ import annotations
@@ -258,3 +259,18 @@ def test_no_stale_read_with_concurrent_writers_and_readers(
     assert errors == []
     assert stale == []
     assert stats.get("query_hits") > 0
+
+
+def test_a_stalled_master_costs_one_failed_read_per_retry_interval(
+    on_cluster: list[RedisServer], products: list[Product], settings: Any
+) -> None:
+    settings.TIERCACHE = {**settings.TIERCACHE, "RETRY_INTERVAL": 60}
+    victims = [
+        p for p in products if shard_of(on_cluster, f"testapp.product:{p.pk}") == on_cluster[2].port
+    ]
+    pen = victims[0]
+    assert_hit_on_second_read(pen)
+    on_cluster[2].pause(3)
+    for _ in range(20):
+        assert price(pen.pk) == Decimal(0)  # from the database
+    assert stats.get("query_errors") == 1  # one timeout; the other reads left Redis alone

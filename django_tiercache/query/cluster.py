@@ -23,7 +23,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from django_tiercache.conf import tiercache_settings
 from django_tiercache.query.schema import schema_version
@@ -89,7 +91,10 @@ class RedisClusterCache(BaseCache):
     """A Django cache on a Redis Cluster (``LOCATION``: one or more ``redis://host:port`` URLs of
     its nodes; ``OPTIONS``: keyword arguments of ``redis.cluster.RedisCluster``, e.g.
     ``socket_connect_timeout`` and ``socket_timeout``). One client per cache, shared by every
-    thread; each node has its own connection pool."""
+    thread; each node has its own connection pool. A command that fails is not retried unless
+    ``OPTIONS`` give a ``retry`` (redis-py's default would wait through three more timeouts and
+    backoffs; the query tier falls back to the database and retries after ``RETRY_INTERVAL``).
+    Redirections (``MOVED``, ``ASK``) are followed either way."""
 
     def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
         super().__init__(params)
@@ -106,7 +111,8 @@ class RedisClusterCache(BaseCache):
             with self._lock:
                 if self._client is None:
                     nodes, url_options = startup_nodes(self._location)
-                    self._client = RedisCluster(startup_nodes=nodes, **url_options, **self._options)
+                    options = {"retry": Retry(NoBackoff(), 0), **url_options, **self._options}
+                    self._client = RedisCluster(startup_nodes=nodes, **options)
                 client = self._client
         return client
 
