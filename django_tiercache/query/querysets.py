@@ -282,8 +282,6 @@ class CachedQuerySet(QuerySet[_M]):
     def _through_tier(self, kind: str, compute: Callable[[Self], Any], *shape: Any) -> Any:
         """``compute(queryset)`` through the query tier: on a miss, ``queryset`` is this one, or
         this one on the write database when the replica it reads may lack a recent change."""
-        options = self._tiercache
-        assert options is not None
         db = self.db
         query_plan = self._plan(kind, db, shape)
         if (
@@ -297,54 +295,7 @@ class CachedQuerySet(QuerySet[_M]):
             if query_plan.row_keys is not None:  # the rows' keys belong to the response too
                 collector.add_normalized(planner.result_keys(query_plan.row_keys, value))
             return value
-        seen: set[str] = set()
-        stray: list[str] = []
-        source = db
-
-        def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-            seen.update(planner.tables_in_sql(sql))
-            return execute(sql, params, many, context)
-
-        def lagging(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-            stray.append(sql)
-            return execute(sql, params, many, context)
-
-        def compute_capturing() -> Any:
-            with contextlib.ExitStack() as wrappers:
-                wrappers.enter_context(connections[source].execute_wrapper(capture))
-                if source == db:
-                    return compute(self)
-                # What the router still sends to the lagging replica (a prefetch): not stored.
-                wrappers.enter_context(connections[db].execute_wrapper(lagging))
-                return compute(self.using(source))
-
-        def fetch(tags: Sequence[str], compute: Callable[[], Any], complete: Any = None) -> Any:
-            def compute_from_source() -> Any:
-                nonlocal source
-                source = self._source(tags, db, query_plan.depends_on, stray)
-                return compute()
-
-            return query_results.fetch(
-                query_plan.name,
-                tags,
-                compute_from_source,
-                options.timeout,
-                storable=lambda: (
-                    (complete is None or complete())
-                    and _may_store(connections[source])
-                    and seen <= query_plan.tables
-                    and not stray
-                ),
-                expect_miss=query_plan.first_use or query_results.recently_invalidated.any(tags),
-            )
-
-        if query_plan.row_keys is None:
-            return fetch(query_plan.tags, compute_capturing)
-        guess = _row_keys.get(query_plan.name, frozenset())
-        try:
-            return fetch(*_keyed(query_plan, compute_capturing, guess, final=False))
-        except _NewRowKeys as new:
-            return fetch(*_keyed(query_plan, compute_capturing, new.keys, final=True))
+        return _TierRead(self, db, query_plan, compute).fetch()
 
     def _source(
         self, tags: Sequence[str], db: str, depends_on: frozenset[str], stray: list[str]
@@ -671,43 +622,83 @@ def _updated_keys(
 _row_keys: dict[str, frozenset[str]] = {}
 
 
-class _NewRowKeys(Exception):
-    """The rows of a result have keys whose versions were not read before the database."""
+class _TierRead:
+    """One evaluation of a cached queryset through the tier (:meth:`fetch`).
 
-    def __init__(self, keys: frozenset[str]) -> None:
-        super().__init__()
-        self.keys = keys
-
-
-def _keyed(
-    plan: planner.Plan, compute: Callable[[], Any], guess: frozenset[str], *, final: bool
-) -> tuple[tuple[str, ...], Callable[[], Any], Callable[[], bool]]:
-    """Tags, compute and completeness check for a result that depends on its rows' keys.
-
-    A version must be read *before* the database, or a change committed in between would go
-    unnoticed; the rows' keys are only known after. So the entry is read with the keys its rows
-    had when this process last computed it (``guess``). Rows with other keys raise
-    :class:`_NewRowKeys`: the caller reads again with those keys, computes once more and
-    stores (``final``: served but not stored if the rows changed keys again meanwhile). In the
-    steady state a hit is one round trip, as for any entry.
+    A miss is computed once (:meth:`compute`), from the write database when the replica the
+    router chose may lack a recent change; the SQL it runs tells whether it may be stored
+    (:meth:`storable`). A result that depends on its rows' keys is read under the keys its rows
+    had when this process last computed it; rows with other keys are stored under those
+    (:meth:`retag`), their tokens taken at the store, which is refused if one of them changed
+    since the read that preceded the query (see ``QueryResults._store``): served, not stored.
+    In the steady state a hit is one round trip, as for any entry.
     """
-    tags = tuple(sorted({*plan.tags, *guess}))
-    found: set[str] = set()
 
-    def compute_keyed() -> Any:
-        value = compute()
-        assert plan.row_keys is not None
-        found.update(planner.result_keys(plan.row_keys, value))
-        if not found <= guess:
-            if len(_row_keys) >= _plans.size:
-                _row_keys.clear()
-            _row_keys[plan.name] = frozenset(found)
-            if not final:
-                raise _NewRowKeys(frozenset(found))
+    def __init__(
+        self,
+        queryset: CachedQuerySet[Any],
+        db: str,
+        query_plan: planner.Plan,
+        compute: Callable[[Any], Any],
+    ) -> None:
+        self.queryset, self.db, self.plan, self._compute = queryset, db, query_plan, compute
+        self.source = db
+        self.seen: set[str] = set()  # tables the SQL named
+        self.stray: list[str] = []  # why the result must not be stored
+        keyed = query_plan.row_keys is not None
+        self.guess = _row_keys.get(query_plan.name, frozenset()) if keyed else frozenset()
+        self.tags = tuple(sorted({*query_plan.tags, *self.guess})) if keyed else query_plan.tags
+
+    def fetch(self) -> Any:
+        options = self.queryset._tiercache
+        assert options is not None
+        return query_results.fetch(
+            self.plan.name,
+            self.tags,
+            self.compute,
+            options.timeout,
+            storable=self.storable,
+            expect_miss=self.plan.first_use or query_results.recently_invalidated.any(self.tags),
+            retag=None if self.plan.row_keys is None else self.retag,
+        )
+
+    def compute(self) -> Any:
+        queryset, db = self.queryset, self.db
+        self.source = queryset._source(self.tags, db, self.plan.depends_on, self.stray)
+        with contextlib.ExitStack() as wrappers:
+            wrappers.enter_context(connections[self.source].execute_wrapper(self._capture))
+            if self.source == db:
+                return self._compute(queryset)
+            # What the router still sends to the lagging replica (a prefetch): not stored.
+            wrappers.enter_context(connections[db].execute_wrapper(self._lagging))
+            return self._compute(queryset.using(self.source))
+
+    def _capture(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.seen.update(planner.tables_in_sql(sql))
+        return execute(sql, params, many, context)
+
+    def _lagging(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.stray.append(sql)
+        return execute(sql, params, many, context)
+
+    def storable(self) -> bool:
+        return (
+            _may_store(connections[self.source])
+            and self.seen <= self.plan.tables
+            and not self.stray
+        )
+
+    def retag(self, value: Any) -> Sequence[str]:
+        """The tags to store ``value`` under: its rows' keys instead of the guessed ones."""
+        assert self.plan.row_keys is not None
+        found = frozenset(planner.result_keys(self.plan.row_keys, value))
         collector.add_normalized(found)
-        return value
-
-    return tags, compute_keyed, lambda: found <= guess
+        if found <= self.guess:
+            return self.tags
+        if len(_row_keys) >= _plans.size:
+            _row_keys.clear()
+        _row_keys[self.plan.name] = found
+        return tuple(sorted({*self.plan.tags, *found}))
 
 
 def _writes_pending(alias: str, keys: frozenset[str]) -> bool:

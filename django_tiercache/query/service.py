@@ -2,15 +2,17 @@
 
 Every key has a version token in the cache. An entry records the tokens of its keys read *before*
 the database was queried; :meth:`QueryResults.invalidate` replaces the tokens on commit, so an
-entry computed from pre-commit data no longer matches and is a miss. A hit is one round trip:
-the entry and the current tokens of its keys read together (see :mod:`.transport`).
+entry computed from pre-commit data no longer matches and is a miss. Keys known only after the
+query (the rows' keys) take their tokens when the entry is stored, which is refused if one of
+them changed since the read that preceded the query (see :meth:`QueryResults._store`). A hit
+is one round trip: the entry and the current tokens of its keys read together (see
+:mod:`.transport`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,14 +44,19 @@ LOCK_TIMEOUT = 30
 class Lookup:
     """The result of reading one entry and the current versions of its tags."""
 
-    __slots__ = ("current", "entry", "locked")
+    __slots__ = ("current", "entry", "locked", "reference")
 
     def __init__(
-        self, entry: Entry | None, current: tuple[int | None, ...], locked: bool = False
+        self,
+        entry: Entry | None,
+        current: tuple[int | None, ...],
+        locked: bool = False,
+        reference: int | None = None,
     ) -> None:
         self.entry = entry
         self.current = current  # current token of each tag, None if it has none
         self.locked = locked  # this caller took the single-flight lock
+        self.reference = reference  # the cache server's clock at the read (µs), if it has one
 
     @property
     def valid(self) -> bool:
@@ -250,7 +257,7 @@ class QueryResults:
         (with django-redis in the same round trip, atomically with the read).
         """
         entry_prefix, version_prefix, lock_prefix = self._prefixes()
-        entry, current, locked = self._guard(
+        entry, current, locked, reference = self._guard(
             self.transport.read,
             entry_prefix + name,
             [version_prefix + tag for tag in tags],
@@ -261,34 +268,42 @@ class QueryResults:
             if not isinstance(entry, tuple):  # garbage in the cache: a miss, and counted
                 stats.incr("query_errors")
             entry = None
-        return Lookup(entry, tuple(current), locked)
+        return Lookup(entry, tuple(current), locked, reference)
 
     def _store(
-        self, name: str, tags: Sequence[str], before: Lookup, value: Any, ttl: float, locked: bool
-    ) -> None:
-        """Store ``value`` with the versions read *before* computing it, releasing the lock.
+        self,
+        name: str,
+        tags: Sequence[str],
+        before: tuple[Sequence[str], Lookup],
+        value: Any,
+        ttl: float,
+        locked: bool,
+    ) -> bool:
+        """Store ``value`` under ``tags`` with the versions read *before* computing it (the tags
+        and the lookup of that read), releasing the lock; True if stored.
 
-        A tag without a token gets one, but only if still absent: if an invalidation set one
-        meanwhile, the stored entry does not match it and is never served.
+        A tag whose token was not read then (none yet, or not among the tags read) takes its
+        token now: created if still absent, refused if set since the read (see
+        :meth:`Transport.write`): an entry never carries a token newer than its data.
         """
-        tokens = list(before.current)
-        created: dict[str, int] = {}
-        for index, (tag, token) in enumerate(zip(tags, tokens, strict=True)):
-            if token is None:
-                tokens[index] = created[self.version_key(tag)] = secrets.randbits(62)
-        versions = tuple(token for token in tokens if token is not None)
-        entry = Entry(tuple(tags), versions, time.time() + ttl, value)
+        read_tags, found = before
+        known = dict(zip(read_tags, found.current, strict=True))
+        tokens = {self.version_key(tag): known.get(tag) for tag in tags}
+        entry = Entry(tuple(tags), (), time.time() + ttl, value)
         stale = float(tiercache_settings.STALE_TIMEOUT)
-        self._guard(
-            lambda: self.transport.write(
-                self.entry_key(name),
-                entry,
-                ttl + stale,
-                created,
-                VERSION_TIMEOUT,
-                self.lock_key(name) if locked else None,
-            ),
-            replay=not locked,  # a lock holder always writes: the write releases the lock
+        return bool(
+            self._guard(
+                lambda: self.transport.write(
+                    self.entry_key(name),
+                    entry,
+                    ttl + stale,
+                    tokens,
+                    found.reference,
+                    VERSION_TIMEOUT,
+                    self.lock_key(name) if locked else None,
+                ),
+                replay=not locked,  # a lock holder always writes: the write releases the lock
+            )
         )
 
     # -- public API -----------------------------------------------------------------------------
@@ -310,7 +325,8 @@ class QueryResults:
         """
         tags = sorted(normalize_keys(keys))
         with contextlib.suppress(CacheUnavailable):
-            self._store(key, tags, self.lookup(key, tags), value, _ttl(timeout), locked=False)
+            found = self.lookup(key, tags)
+            self._store(key, tags, (tags, found), value, _ttl(timeout), locked=False)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(CacheUnavailable):
@@ -335,6 +351,7 @@ class QueryResults:
         *,
         storable: Callable[[], bool] | None = None,
         expect_miss: bool = False,
+        retag: Callable[[Any], Sequence[str]] | None = None,
     ) -> Any:
         """Serve ``name`` or compute it once: the engine behind querysets and ``get_or_set``.
 
@@ -343,7 +360,9 @@ class QueryResults:
         lock holder refreshes it; or become the caller that computes. Then
         :meth:`_compute_and_store`. With the cache down, ``compute()`` is returned as is.
         ``expect_miss`` tries the lock in the reading round trip (one round trip before the
-        database instead of two).
+        database instead of two). ``retag(value)`` gives the tags to store a computed value
+        under when they depend on it (the keys of a result's rows): the tags not read before
+        computing get their tokens as :meth:`_store` says.
         """
         ttl = _ttl(timeout)  # a bad timeout raises here, before any lock is taken
         scope = collector.current()
@@ -364,7 +383,7 @@ class QueryResults:
         if serve:
             return found.entry.value  # type: ignore[union-attr]
         stats.incr("query_misses")
-        return self._compute_and_store(name, tags, found, compute, ttl, storable)
+        return self._compute_and_store(name, tags, found, compute, ttl, storable, retag)
 
     def _claim(
         self, name: str, tags: Sequence[str], found: Lookup, *, lock_tried: bool
@@ -399,18 +418,20 @@ class QueryResults:
         compute: Callable[[], Any],
         ttl: float,
         storable: Callable[[], bool] | None,
+        retag: Callable[[Any], Sequence[str]] | None,
     ) -> Any:
-        """``compute()``, stored with the versions read ``before`` unless ``storable()`` says
-        no; the lock, if held, is released whatever happens."""
+        """``compute()``, stored with the versions read ``before`` (under ``retag(value)`` if
+        given) unless ``storable()`` says no; the lock, if held, is released whatever happens."""
         try:
             value = compute()
+            stored_tags = tags if retag is None else retag(value)
         except BaseException:
             if before.locked:
                 self._unlock(name)
             raise
         try:
             if storable is None or storable():
-                self._store(name, tags, before, value, ttl, before.locked)
+                self._store(name, stored_tags, (tags, before), value, ttl, before.locked)
             elif before.locked:
                 self._unlock(name)
         except CacheUnavailable:
@@ -457,11 +478,8 @@ class QueryResults:
         keys = normalize_keys(keys)
         if keys:
             self._record_position(keys, using)
-            token = secrets.randbits(62)
             try:
-                self.transport.invalidate(
-                    [self.version_key(k) for k in keys], token, VERSION_TIMEOUT
-                )
+                self.transport.invalidate([self.version_key(k) for k in keys], VERSION_TIMEOUT)
             except Exception as exc:
                 self.outage.failed(exc)  # serve nothing here until it is replayed
                 raise

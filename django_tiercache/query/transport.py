@@ -2,10 +2,12 @@
 
 On Redis (:class:`RedisTransport`) everything goes through the configured cache's own redis-py
 client to the primary, so its connection pool, Sentinel discovery, TLS, ACL, timeouts and retries
-apply: a hit is one ``MGET`` of the entry and its version tokens; the locking read is a Lua
-script (``lua/read.lua``, a redis-py ``Script``) that reads them and takes the single-flight lock
-atomically; a write is one pipeline. Any other Django cache (:class:`Transport`) gets the same
-semantics through ``get_many``/``add``/``set``/``delete``, in more round trips.
+apply: a hit is one ``MGET`` of the entry and its version tokens; the locking read, the store
+and the invalidation are Lua scripts (``lua/*.lua``, redis-py ``Script`` objects), one round trip
+each. Version tokens are the server's clock at invalidation, so a store can tell a token set
+while the database was read from an older one. Any other Django cache (:class:`Transport`) gets
+the same semantics through ``get_many``/``add``/``set``/``delete``, in more round trips, and
+without a clock: a token it did not read before the database refuses the store.
 
 :class:`~django_tiercache.query.cluster.ClusterTransport` serves Redis Cluster (its own
 key layout). :func:`transport_for` picks the transport by what the cache can do and refuses, with
@@ -16,6 +18,7 @@ reports it at start-up).
 from __future__ import annotations
 
 import pickle
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,7 +45,10 @@ class Entry(NamedTuple):
 #: What :meth:`Transport.read` returns for an entry it cannot read (a miss, counted as an error).
 GARBAGE = object()
 
-_READ_SCRIPT = (Path(__file__).parent / "lua" / "read.lua").read_text()
+_LUA = Path(__file__).parent / "lua"
+_READ_SCRIPT, _STORE_SCRIPT, _INVALIDATE_SCRIPT = (
+    (_LUA / f"{name}.lua").read_text() for name in ("read", "store", "invalidate")
+)
 
 
 class ReplicationError(Exception):
@@ -77,9 +83,10 @@ class Transport:
 
     def read(
         self, entry_key: str, version_keys: Sequence[str], lock_key: str | None, lock_ttl: int
-    ) -> tuple[Any, list[int | None], bool]:
+    ) -> tuple[Any, list[int | None], bool, int | None]:
         """The entry (None if missing, :data:`GARBAGE` if unreadable), each version token (or
-        None), and whether ``lock_key`` was taken: tried, when given, if the entry is not fresh.
+        None), whether ``lock_key`` was taken (tried, when given, if the entry is not fresh),
+        and the reference a later :meth:`write` compares tokens with (None: none, here).
         With the lock taken, the values are those seen once it was taken.
         """
         keys = [entry_key, *version_keys]
@@ -90,15 +97,15 @@ class Transport:
             and self.cache.add(lock_key, 1, lock_ttl)
         ):
             found = self.cache.get_many(keys)
-            return found.get(entry_key), _tokens(found, keys), True
-        return found.get(entry_key), _tokens(found, keys), False
+            return found.get(entry_key), _tokens(found, keys), True, None
+        return found.get(entry_key), _tokens(found, keys), False, None
 
     def unlock(self, lock_key: str) -> None:
         self.cache.delete(lock_key)
 
-    def invalidate(self, version_keys: Sequence[str], token: int, ttl: int) -> None:
-        """Give every key in ``version_keys`` the version ``token``; raises unless all were set."""
-        if self.cache.set_many(dict.fromkeys(version_keys, token), ttl):
+    def invalidate(self, version_keys: Sequence[str], ttl: int) -> None:
+        """Give every key in ``version_keys`` a new version token; raises unless all were set."""
+        if self.cache.set_many(dict.fromkeys(version_keys, secrets.randbits(62)), ttl):
             raise RuntimeError("the cache did not store every version token")
 
     def clear(self, prefix: str) -> None:
@@ -111,16 +118,34 @@ class Transport:
         entry_key: str,
         entry: Entry,
         ttl: float,
-        new_versions: Mapping[str, int],
+        tokens: Mapping[str, int | None],
+        reference: int | None,
         version_ttl: int,
         unlock_key: str | None,
-    ) -> None:
-        """Store the entry; create version tokens only where none exists yet; release the lock."""
-        for key, token in new_versions.items():
-            self.cache.add(key, token, version_ttl)
-        self.cache.set(entry_key, entry, ttl)
+    ) -> bool:
+        """Store ``entry`` under ``tokens`` (version key -> token read before the database, in
+        the entry's tag order; None: not read then) and release the lock; True if stored.
+
+        A token not read before is taken now: absent, it is created (only where still absent);
+        present, the store is refused unless it is older than ``reference`` (what
+        :meth:`read` returned before the database was read). Here there is no reference: any
+        such token refuses.
+        """
+        versions: list[int] = []
+        for key, token in tokens.items():
+            if token is None:
+                if self.cache.get(key) is not None:
+                    versions.clear()
+                    break
+                token = secrets.randbits(62)
+                self.cache.add(key, token, version_ttl)  # if this fails the entry never matches
+            versions.append(token)
+        stored = len(versions) == len(tokens)
+        if stored:
+            self.cache.set(entry_key, entry._replace(versions=tuple(versions)), ttl)
         if unlock_key is not None:
             self.cache.delete(unlock_key)
+        return stored
 
 
 class RedisTransport(Transport):
@@ -144,6 +169,8 @@ class RedisTransport(Transport):
         self.client = client
         self._encode, self._decode = encode, decode
         self._read_script = client.register_script(_READ_SCRIPT)
+        self._store_script = client.register_script(_STORE_SCRIPT)
+        self._invalidate_script = client.register_script(_INVALIDATE_SCRIPT)
         # Django's default key function, computed once instead of per key.
         self._prefix = (
             f"{cache.key_prefix}:{cache.version}:" if cache.key_func is default_key_func else None
@@ -154,21 +181,25 @@ class RedisTransport(Transport):
 
     def read(
         self, entry_key: str, version_keys: Sequence[str], lock_key: str | None, lock_ttl: int
-    ) -> tuple[Any, list[int | None], bool]:
+    ) -> tuple[Any, list[int | None], bool, int | None]:
         keys = [self._key(entry_key), *map(self._key, version_keys)]
         if lock_key is None:
-            values = [*self.client.mget(keys), 0]
+            values = [*self.client.mget(keys), 0, None]
         else:
             now = int(time.time() * 1000)
             values = self._read_script(keys=[*keys, self._key(lock_key)], args=[lock_ttl, now])
-        return self._entry(values[0]), [_token(v) for v in values[1:-1]], bool(values[-1])
+        tokens = [_token(v) for v in values[1:-2]]
+        return self._entry(values[0]), tokens, bool(values[-2]), _token(values[-1])
 
     def _entry(self, raw: bytes | int | None) -> Any:
+        """The entry behind its header, with the tokens the header names (store.lua)."""
         if not isinstance(raw, bytes):  # missing or outdated (None), not an entry (0)
             return None if raw is None else GARBAGE
         stop = raw.find(b"\n")
         try:
-            return self._decode(raw[stop + 1 :]) if stop >= 0 else GARBAGE
+            tokens = raw[raw.index(b" ", 0, stop) + 1 : stop]
+            versions = tuple(map(int, tokens.split(b","))) if tokens else ()
+            return self._decode(raw[stop + 1 :])._replace(versions=versions)
         except Exception:
             return GARBAGE
 
@@ -180,20 +211,23 @@ class RedisTransport(Transport):
         entry_key: str,
         entry: Entry,
         ttl: float,
-        new_versions: Mapping[str, int],
+        tokens: Mapping[str, int | None],
+        reference: int | None,
         version_ttl: int,
         unlock_key: str | None,
-    ) -> None:
-        # In this order: a reader in between sees the entry without its new tokens (a miss) or
-        # the lock still held (it waits), never a wrong value.
-        header = f"{int(entry.fresh_until * 1000)} {','.join(map(str, entry.versions))}\n"
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self._key(entry_key), header.encode() + self._encode(entry), px=_ms(ttl))
-            for key, token in new_versions.items():
-                pipe.set(self._key(key), token, nx=True, ex=version_ttl)
-            if unlock_key is not None:
-                pipe.delete(self._key(unlock_key))
-            pipe.execute()
+    ) -> bool:
+        keys = [self._key(entry_key), self._key(unlock_key or entry_key)]
+        args = [
+            "" if reference is None else reference,
+            _ms(ttl),
+            int(entry.fresh_until * 1000),
+            version_ttl,
+            "0" if unlock_key is None else "1",
+            self._encode(entry._replace(versions=())),  # the header holds them
+        ]
+        keys += map(self._key, tokens)
+        args += ("" if token is None else token for token in tokens.values())
+        return bool(self._store_script(keys=keys, args=args))
 
     def clear(self, prefix: str) -> None:
         """Delete this tier's keys only (``SCAN`` on the primary, ``UNLINK`` in batches): never
@@ -207,19 +241,18 @@ class RedisTransport(Transport):
         if batch:
             self.client.unlink(*batch)
 
-    def invalidate(self, version_keys: Sequence[str], token: int, ttl: int) -> None:
-        """Set the tokens; with ``WAIT_FOR_REPLICAS``, raise unless that many replicas have
-        them within ``WAIT_TIMEOUT`` (a primary that lost its replicas, e.g. one that a
-        failover left behind, would otherwise acknowledge writes that are then lost)."""
+    def invalidate(self, version_keys: Sequence[str], ttl: int) -> None:
+        """Set the tokens (``lua/invalidate.lua``: the server's clock); with
+        ``WAIT_FOR_REPLICAS``, raise unless that many replicas have them within
+        ``WAIT_TIMEOUT`` (a primary that lost its replicas, e.g. one that a failover left
+        behind, would otherwise acknowledge writes that are then lost)."""
+        # Raises on any error reply, an OOM included.
+        self._invalidate_script(keys=[self._key(key) for key in version_keys], args=[ttl])
         replicas = int(tiercache_settings.WAIT_FOR_REPLICAS)
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in version_keys:
-                pipe.set(self._key(key), token, ex=ttl)
-            if replicas:
-                pipe.wait(replicas, _ms(float(tiercache_settings.WAIT_TIMEOUT)))
-            replies = pipe.execute()  # raises on any error reply, an OOM included
-        if replicas and replies[-1] < replicas:
-            raise ReplicationError(f"{replies[-1]} of {replicas} replica(s) confirmed the write")
+        if replicas:
+            confirmed = self.client.wait(replicas, _ms(float(tiercache_settings.WAIT_TIMEOUT)))
+            if confirmed < replicas:
+                raise ReplicationError(f"{confirmed} of {replicas} replica(s) confirmed the write")
 
 
 def _glob_escape(text: str) -> str:

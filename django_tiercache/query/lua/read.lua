@@ -5,8 +5,12 @@
 --
 -- An entry is stored behind a plain header, "<fresh until, ms> <token>,<token>...\n", so that
 -- this script tells a fresh valid entry from one to recompute without unpickling it.
--- Returns {entry, token..., locked}: entry is nil when missing or when its tokens are not the
--- current ones, 0 when it is not an entry of ours; locked is 1 when this call took the lock.
+-- Returns {entry, token..., locked, reference}: entry is nil when missing or when its tokens are
+-- not the current ones, 0 when it is not an entry of ours; locked is 1 when this call took the
+-- lock; reference is the server's clock (µs) at this read, before the database is (store.lua).
+
+-- TIME, then a write: Redis < 5 needs effects replication asked for (later ones always use it).
+if redis.replicate_commands then redis.replicate_commands() end
 
 local n = #KEYS - 1
 local values = redis.call('MGET', unpack(KEYS, 1, n))
@@ -33,4 +37,6 @@ if not fresh and redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[1]) then
   locked = 1
 end
 values[#values + 1] = locked
+local now = redis.call('TIME')
+values[#values + 1] = now[1] .. string.format('%06d', tonumber(now[2]))
 return values
