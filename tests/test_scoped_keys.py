@@ -21,7 +21,7 @@ from django.urls import path
 from django_tiercache import collector
 from django_tiercache.decorators import origin_cache
 from django_tiercache.keys import normalize_key, scope_key
-from django_tiercache.query import planner
+from django_tiercache.query import planner, query_results
 from tests.testapp.models import Book, Category, Product, Shelf, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,6 +108,36 @@ def test_select_related_adds_the_joined_rows_not_their_tables(shop: dict[str, An
     pens.name = "Fountain pens"
     pens.save()
     assert evaluate().category.name == "Fountain pens"
+
+
+def test_a_first_miss_runs_its_query_once_and_is_stored(shop: dict[str, Any]) -> None:
+    """The rows' keys are known only after the query: they take their tokens at the store."""
+    pen = shop["pen"]
+
+    def evaluate() -> Any:
+        return Product.objects.cached().select_related("category").get(pk=pen.pk)
+
+    assert queries(evaluate) == 1
+    assert still_cached(evaluate)
+
+
+def test_a_row_changed_while_the_query_ran_is_served_not_stored(shop: dict[str, Any]) -> None:
+    """A change committed after the read that preceded the query (its invalidation lands while
+    the query runs) makes the result older than the row's token: served, never stored."""
+    pen, pens = shop["pen"], shop["pens"]
+
+    def evaluate() -> Any:
+        return Product.objects.cached().select_related("category").get(pk=pen.pk)
+
+    def commit_meanwhile(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        query_results.invalidate([key(pens)])  # a commit elsewhere, after this read
+        return result
+
+    with connection.execute_wrapper(commit_meanwhile):
+        assert evaluate().category == pens  # served
+    assert queries(evaluate) == 1, "stored under a token newer than its data"
+    assert still_cached(evaluate)
 
 
 def test_a_new_foreign_key_value_covers_the_old_and_the_new_row(shop: dict[str, Any]) -> None:
