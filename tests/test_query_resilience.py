@@ -42,6 +42,29 @@ def query_cache(request: Any, settings: Any) -> str:
     return str(request.param)
 
 
+def test_a_row_changed_while_the_query_ran_is_served_not_stored(
+    pen: Product, query_cache: str
+) -> None:
+    """A row key found only after the query whose invalidation lands while the query runs (a
+    commit elsewhere, after the read that preceded it): the result is served, never stored."""
+    category = pen.category
+
+    def evaluate() -> Any:
+        return Product.objects.cached().select_related("category").get(pk=pen.pk)
+
+    def commit_meanwhile(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        query_results.invalidate([f"testapp.category:{category.pk}"])
+        return result
+
+    with connection.execute_wrapper(commit_meanwhile):
+        assert evaluate().category == category  # served
+    for expected in (1, 0):  # not stored; then read under the rows' keys, stored
+        with CaptureQueriesContext(connection) as captured:
+            evaluate()
+        assert len(captured) == expected
+
+
 def test_reader_racing_a_commit_never_stores_stale_data(
     pen: Product, monkeypatch: Any, query_cache: str
 ) -> None:
