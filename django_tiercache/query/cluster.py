@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -235,11 +236,13 @@ class ClusterTransport(RedisTransport):
 
     def read(
         self, entry_key: str, version_keys: Sequence[str], lock_key: str | None, lock_ttl: int
-    ) -> tuple[Any, list[int | None], bool]:
+    ) -> tuple[Any, list[int | None], bool, int | None]:
+        """As :meth:`RedisTransport.read`, without a reference: the tokens live on shards whose
+        clocks are not one clock (a token not read before the database refuses the store)."""
         token_names = [self._key(key) for key in version_keys]
         if lock_key is None:
             values = self.client.mget_nonatomic([self._tagged(entry_key), *token_names])
-            return self._entry(values[0]), [_token(v) for v in values[1:]], False
+            return self._entry(values[0]), [_token(v) for v in values[1:]], False, None
         tokens = [_token(v) for v in self.client.mget_nonatomic(token_names)] if token_names else []
         if self._read_script is None:
             self._read_script = self.client.register_script(_READ_SCRIPT)
@@ -248,7 +251,7 @@ class ClusterTransport(RedisTransport):
         entry, locked = self._read_script(
             keys=[self._tagged(entry_key), self._tagged(lock_key)], args=[lock_ttl, now, expected]
         )
-        return self._entry(entry), tokens, bool(locked)
+        return self._entry(entry), tokens, bool(locked), None
 
     def unlock(self, lock_key: str) -> None:
         self.client.delete(self._tagged(lock_key))
@@ -258,21 +261,34 @@ class ClusterTransport(RedisTransport):
         entry_key: str,
         entry: Entry,
         ttl: float,
-        new_versions: Mapping[str, int],
+        tokens: Mapping[str, int | None],
+        reference: int | None,
         version_ttl: int,
         unlock_key: str | None,
-    ) -> None:
+    ) -> bool:
+        """As :meth:`Transport.write` (no reference here): a token not read before the database
+        is looked up first (one round trip more), created where absent, and refuses the store
+        where present."""
+        unknown = [key for key, token in tokens.items() if token is None]
+        present = self.client.mget_nonatomic([self._key(k) for k in unknown]) if unknown else []
+        created = {key: secrets.randbits(62) for key in unknown}
+        stored = not any(value is not None for value in present)
+        versions = [created[key] if token is None else token for key, token in tokens.items()]
         # The entry and its lock are on one shard, written in this order (a reader in between
         # sees the lock still held). New tokens go to their own shards in the same pipeline, in
-        # no particular order with the entry: an entry seen before its tokens is a miss.
-        header = f"{int(entry.fresh_until * 1000)} {','.join(map(str, entry.versions))}\n"
+        # no particular order with the entry: an entry seen before its tokens is a miss, and one
+        # whose token another caller created first never matches.
+        header = f"{int(entry.fresh_until * 1000)} {','.join(map(str, versions))}\n"
         with self.client.pipeline() as pipe:
-            pipe.set(self._tagged(entry_key), header.encode() + self._encode(entry), px=_ms(ttl))
-            for key, token in new_versions.items():
-                pipe.set(self._key(key), token, nx=True, ex=version_ttl)
+            if stored:
+                body = self._encode(entry._replace(versions=()))  # the header holds them
+                pipe.set(self._tagged(entry_key), header.encode() + body, px=_ms(ttl))
+                for key, token in created.items():
+                    pipe.set(self._key(key), token, nx=True, ex=version_ttl)
             if unlock_key is not None:
                 pipe.delete(self._tagged(unlock_key))
             pipe.execute()
+        return stored
 
     def clear(self, prefix: str) -> None:
         """Delete this tier's keys on every master: tokens by their prefix, entries and locks
@@ -283,11 +299,12 @@ class ClusterTransport(RedisTransport):
             for start in range(0, len(names), 500):
                 self.client.unlink(*names[start : start + 500])
 
-    def invalidate(self, version_keys: Sequence[str], token: int, ttl: int) -> None:
+    def invalidate(self, version_keys: Sequence[str], ttl: int) -> None:
         """Set the tokens, one pipeline routed per shard; raises unless every shard stored
         them. ``WAIT_FOR_REPLICAS`` is refused (``tiercache.E012``): it fails here."""
         if tiercache_settings.WAIT_FOR_REPLICAS:
             raise ReplicationError("WAIT_FOR_REPLICAS is not supported on Redis Cluster")
+        token = secrets.randbits(62)
         with self.client.pipeline() as pipe:
             for key in version_keys:
                 pipe.set(self._key(key), token, ex=ttl)
