@@ -119,7 +119,7 @@ def report(
     baseline: dict[str, list[str]],
     results: dict[str, dict[str, list[str]]],
 ) -> int:
-    """Print the tables; the number of red (wrong result, library error) new failures."""
+    """Print the tables; the number of red new failures (see ``differences.RED``)."""
     base = tally(baseline)
     red = 0
     print(f"\nDjango {django.__version__} ORM suite on {_database()}, every queryset cached")
@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         help="invalidation a no-op in the cached modes: shows that the suite sees stale results",
     )
     parser.add_argument(
-        "--strict", action="store_true", help="exit 1 on any wrong result or library error"
+        "--strict",
+        action="store_true",
+        help="exit 1 on any wrong result, library error or undocumented extra queries",
     )
     args = parser.parse_args(argv)
     modules = args.module or [
@@ -188,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     baseline = results.pop("baseline")
     red = report(modules, baseline, results)
-    print(f"\n{red} wrong result(s) or library error(s) over {len(results)} mode(s)")
+    print(
+        f"\n{red} wrong result(s), library error(s) or undocumented extra queries over "
+        f"{len(results)} mode(s)"
+    )
     return 1 if red and args.strict else 0
 
 
