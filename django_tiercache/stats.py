@@ -17,6 +17,7 @@ NAMES = {
     "query_bypasses": "cached queries sent to the database without the cache",
     "query_primary_reads": "missed entries read from the write database: a replica lagged",
     "query_errors": "query-tier cache errors (fail-open fell back to the database)",
+    "query_restarts": "times the query tier's keys were dropped: Redis had a new run_id",
     "purges_sent": "purges handed to an edge purger (one per purger per outbox delivery)",
     "purges_failed": "purges an edge purger did not complete (retryable or refused)",
     "purges_retried": "purges of outbox rows that had been attempted before",

@@ -86,7 +86,8 @@ class RedisServer:
             self.process = None
 
     def kill(self) -> None:
-        """End the server at once (SIGKILL), as a crash does: no shutdown, no save."""
+        """Kill the server (SIGKILL): no shutdown, no save; the data on disk is its last
+        snapshot (``SAVE``), if any, which ``start`` loads."""
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)

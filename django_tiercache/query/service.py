@@ -219,6 +219,7 @@ class QueryResults:
         if self.outage.down and fail_open and not self.outage.may_retry():
             raise CacheUnavailable
         try:
+            self.transport.check_restart()
             invalidation.recover(tier=TIER)
         except DatabaseError:
             # The journal cannot be read: a process that saw a failure keeps off the cache; one
@@ -242,7 +243,9 @@ class QueryResults:
             return transport
         cache = self.cache
         if transport is None or transport.cache is not cache:
-            transport = self._transport = transport_for(tiercache_settings.CACHE_ALIAS)
+            transport = transport_for(tiercache_settings.CACHE_ALIAS)
+            transport.guard_restarts(f"{tiercache_settings.KEY_PREFIX}:")
+            self._transport = transport
         return transport
 
     def _forget_transport(self) -> None:

@@ -31,6 +31,7 @@ from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.core.exceptions import ImproperlyConfigured
 
 from django_tiercache.conf import tiercache_settings
+from django_tiercache.query.restarts import RunGuard
 
 
 class Entry(NamedTuple):
@@ -113,6 +114,13 @@ class Transport:
         everything in it."""
         self.cache.clear()
 
+    def guard_restarts(self, prefix: str) -> None:
+        """Drop the keys starting with ``prefix`` whenever the server restarted with old data
+        (see :mod:`.restarts`); here, a cache that has no such notion, nothing."""
+
+    def check_restart(self) -> None:
+        """Look now for a restart that :meth:`guard_restarts` has not seen."""
+
     def write(
         self,
         entry_key: str,
@@ -171,6 +179,7 @@ class RedisTransport(Transport):
         self._read_script = client.register_script(_READ_SCRIPT)
         self._store_script = client.register_script(_STORE_SCRIPT)
         self._invalidate_script = client.register_script(_INVALIDATE_SCRIPT)
+        self._guard: RunGuard | None = None
         # Django's default key function, computed once instead of per key.
         self._prefix = (
             f"{cache.key_prefix}:{cache.version}:" if cache.key_func is default_key_func else None
@@ -240,6 +249,27 @@ class RedisTransport(Transport):
                 batch.clear()
         if batch:
             self.client.unlink(*batch)
+
+    def guard_restarts(self, prefix: str) -> None:
+        """Every connection of the client's pool checks the server's ``run_id`` when it
+        connects (:class:`.restarts.RunGuard`)."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None or not hasattr(pool, "update_connection_kwargs"):
+            return
+        self._guard = RunGuard.install(pool)
+        self._guard.watch(self._key(f"{prefix}run"), f"{_glob_escape(self._key(prefix))}*")
+
+    def check_restart(self) -> None:
+        """Check one pooled connection now: one opened before :meth:`guard_restarts` was called
+        reconnects without the check."""
+        guard = self._guard
+        if guard is not None:
+            pool = self.client.connection_pool
+            connection = pool.get_connection()
+            try:
+                guard.check(connection)
+            finally:
+                pool.release(connection)
 
     def invalidate(self, version_keys: Sequence[str], ttl: int) -> None:
         """Set the tokens (``lua/invalidate.lua``: the server's clock); with
