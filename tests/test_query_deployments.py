@@ -298,3 +298,33 @@ def test_invalidate_all_drops_the_tier_s_keys_only(
     with CaptureQueriesContext(connection) as queries:
         price(pen.pk)
     assert len(queries) == 1  # the entry is gone
+
+
+def test_django_redis_cache_options_shape_the_tier_s_own_pool(
+    pen: Product, plain: RedisServer, settings: Any
+) -> None:
+    """Django's RedisCache has no documented client: the tier's own pool follows its documented
+    OPTIONS, so ``pool_class`` with ``max_connections`` bounds the tier's connections too."""
+    options = {
+        **{"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        **{"pool_class": "redis.BlockingConnectionPool", "max_connections": 2, "timeout": 10},
+    }
+    path = "django.core.cache.backends.redis.RedisCache"
+    use_cache(settings, {"BACKEND": path, "LOCATION": plain.url, "OPTIONS": options})
+    assert_hit_on_second_read(pen)
+    prices: list[Decimal] = []
+
+    def reader() -> None:
+        try:
+            prices.extend(price(pen.pk) for _ in range(20))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert prices == [Decimal(1)] * 160
+    assert stats.get("query_errors") == 0
+    assert len(plain.client().client_list()) <= 3  # the tier's 2 and this one

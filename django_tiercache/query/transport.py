@@ -24,11 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import redis
 from django.conf import settings
 from django.core.cache import BaseCache, caches
 from django.core.cache.backends.base import default_key_func
-from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+from redis.connection import DefaultParser
 
 from django_tiercache.conf import tiercache_settings
 from django_tiercache.query.restarts import RunGuard
@@ -353,13 +356,28 @@ def _decoder(alias: str, client: Any) -> Callable[[bytes], Any]:
 
 
 def _django_primary(alias: str) -> Any:
-    """A client of the first server of Django's RedisCache ``alias``: its primary, where it
-    writes (Django gives no public access to its own client, so this is a pool of ours, built
-    from the same ``LOCATION`` and ``OPTIONS``)."""
+    """A redis-py client of the first server of Django's RedisCache ``alias``: its primary, where
+    it writes.
+
+    Django documents no way to reach the client its cache uses (that lives in the undocumented
+    ``RedisCacheClient``, behind the private ``_cache``), so this is a pool of ours, the one
+    connection pool the query tier opens outside a cache's own. It is built with redis-py's
+    public API exactly as Django documents its ``OPTIONS``: ``pool_class`` and ``parser_class``
+    (dotted paths or classes) choose the pool and parser, ``serializer`` is Django's own (the
+    tier pickles its entries), and every other option goes to the pool.
+    """
     config: dict[str, Any] = settings.CACHES[alias]
     location = config["LOCATION"]
     servers = location.replace(";", ",").split(",") if isinstance(location, str) else location
-    return RedisCacheClient([servers[0]], **config.get("OPTIONS", {})).get_client(write=True)
+    options = dict(config.get("OPTIONS", {}))
+    options.pop("serializer", None)
+    pool_class = _imported(options.pop("pool_class", None)) or redis.ConnectionPool
+    options["parser_class"] = _imported(options.get("parser_class")) or DefaultParser
+    return redis.Redis(connection_pool=pool_class.from_url(servers[0], **options))
+
+
+def _imported(path_or_class: Any) -> Any:
+    return import_string(path_or_class) if isinstance(path_or_class, str) else path_or_class
 
 
 def _refuse_shards(client: Any) -> None:
