@@ -523,6 +523,7 @@ class QueryResults:
         Memcached) is cleared whole.
         """
         self.transport.clear(f"{tiercache_settings.KEY_PREFIX}:")
+        self.transport.check_restart()  # records the run again (it was one of the tier's keys)
 
     def versions(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current version token of each key (None when it has none yet)."""

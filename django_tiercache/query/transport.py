@@ -17,6 +17,7 @@ reports it at start-up).
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import secrets
 import time
@@ -32,6 +33,7 @@ from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from redis.connection import DefaultParser
+from redis.exceptions import RedisError
 
 from django_tiercache.conf import tiercache_settings
 from django_tiercache.query.restarts import RunGuard
@@ -261,6 +263,10 @@ class RedisTransport(Transport):
             return
         self._guard = RunGuard.install(pool)
         self._guard.watch(self._key(f"{prefix}run"), f"{_glob_escape(self._key(prefix))}*")
+        # Recorded now, while the tier holds nothing under this prefix: a later connection that
+        # finds no record would otherwise drop what the tier stored meanwhile (locks included).
+        with contextlib.suppress(RedisError):  # unreachable: every connection checks anyway
+            self.check_restart()
 
     def check_restart(self) -> None:
         """Check one pooled connection now: one opened before :meth:`guard_restarts` was called
