@@ -33,8 +33,9 @@ DEFAULTS: dict[str, Any] = {
     # Cache errors fall back to the database instead of raising.
     "FAIL_OPEN": True,
     # Seconds the query tier leaves a failed cache alone (circuit breaker) before one caller
-    # tries it again: an unreachable Redis costs one timeout per interval, not one per query.
-    "RETRY_INTERVAL": 5.0,
+    # tries it again: an unreachable Redis costs one timeout per interval, not one per query,
+    # and a restarted one is used again within the interval.
+    "RETRY_INTERVAL": 1.0,
     # Seconds between two looks, in each process, at the outbox for query-tier invalidations
     # that failed in some process (then replayed before anything is served); None: never.
     "RECOVERY_POLL": 5.0,
