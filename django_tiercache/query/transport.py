@@ -170,6 +170,9 @@ class RedisTransport(Transport):
     """
 
     shared = True
+    #: The restart check of the client's pool (none until :meth:`guard_restarts`, or without a
+    #: pool of one server: Redis Cluster).
+    _guard: RunGuard | None = None
 
     def __init__(
         self,
@@ -184,7 +187,6 @@ class RedisTransport(Transport):
         self._read_script = client.register_script(_READ_SCRIPT)
         self._store_script = client.register_script(_STORE_SCRIPT)
         self._invalidate_script = client.register_script(_INVALIDATE_SCRIPT)
-        self._guard: RunGuard | None = None
         # Django's default key function, computed once instead of per key.
         self._prefix = (
             f"{cache.key_prefix}:{cache.version}:" if cache.key_func is default_key_func else None
