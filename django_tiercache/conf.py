@@ -43,8 +43,11 @@ DEFAULTS: dict[str, Any] = {
     "WAIT_FOR_REPLICAS": 0,
     # Seconds an invalidation waits for those replicas before it counts as failed.
     "WAIT_TIMEOUT": 0.1,
-    # Purge the edge through Celery (True) or inline after commit (False).
+    # Purge the edge in a worker (True: Celery when configured, else Django 6's tasks framework
+    # when TASKS has a backend that runs tasks elsewhere, else inline) or inline after commit.
     "PURGE_ASYNC": True,
+    # Alias in Django's TASKS setting (Django 6) of the backend the edge tier's tasks go to.
+    "TASK_BACKEND": "default",
     # Purgers by name: {"name": {"BACKEND": "dotted.path", ...options}}.
     "PURGERS": {},
     # Seconds that publishing a purge task may take in a commit hook (connecting and the broker's

@@ -11,7 +11,7 @@ from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
 from django_tiercache.conf import SETTING_NAME, tiercache_settings
-from django_tiercache.edge.dispatch import celery_configured
+from django_tiercache.edge.dispatch import celery_configured, django_tasks_configured
 from django_tiercache.edge.purgers import PurgerConfigError, build_purger
 from django_tiercache.edge.purgers.base import PurgerSecretError
 from django_tiercache.edge.purgers.http_api import secret_problem
@@ -20,7 +20,7 @@ from django_tiercache.redact import SECRET_OPTIONS
 
 @register(Tags.compatibility)
 def check_purgers(**kwargs: Any) -> list[CheckMessage]:
-    """E004/E005: purger backends that cannot be imported or lack options; I001: no Celery."""
+    """E004/E005: purger backends that cannot be imported or lack options; I001: no worker."""
     purgers = tiercache_settings.PURGERS
     if not isinstance(purgers, dict):
         return []  # reported by E002
@@ -49,15 +49,17 @@ def check_purgers(**kwargs: Any) -> list[CheckMessage]:
         and tiercache_settings.PURGE_ASYNC is True
         and not tiercache_settings.DISPATCHER
         and not celery_configured()
+        and not django_tasks_configured()
     ):
         messages.append(
             Info(
-                "PURGE_ASYNC is on but Celery is not installed or has no broker configured: "
-                "purges are delivered synchronously, in the committing process, after each "
-                "commit.",
+                "PURGE_ASYNC is on but neither Celery (installed, with a broker) nor a Django "
+                "tasks backend that runs tasks elsewhere is configured: purges are delivered "
+                "synchronously, in the committing process, after each commit.",
                 hint="For purges in a worker: pip install django-tiercache[celery] and configure "
-                "a Celery app with CELERY_BROKER_URL. To say that synchronous is what you want: "
-                "TIERCACHE['PURGE_ASYNC'] = False.",
+                "a Celery app with CELERY_BROKER_URL, or (Django 6) give TASKS a worker backend "
+                f"under {SETTING_NAME}['TASK_BACKEND']. To say that synchronous is what you "
+                "want: TIERCACHE['PURGE_ASYNC'] = False.",
                 id="tiercache.I001",
             )
         )

@@ -1,10 +1,16 @@
-"""How committed journal rows reach the edge tier: Celery, inline, or a custom ``DISPATCHER``.
+"""How committed journal rows reach the edge tier: Celery, Django's tasks, inline, or a custom
+``DISPATCHER``.
 
-With ``PURGE_ASYNC`` (the default) the rows go to Celery when Celery is installed
-(``pip install django-tiercache[celery]``) and its current app is configured (a ``broker_url``, or
-``task_always_eager``); otherwise they are delivered synchronously, right after the commit, in the
-committing process, as with ``PURGE_ASYNC = False``. Celery's own default of a broker on
-``amqp://localhost`` is never assumed.
+With ``PURGE_ASYNC`` (the default) the first that is configured delivers the rows:
+
+1. Celery, when it is installed (``pip install django-tiercache[celery]``) and its current app
+   has a ``broker_url`` or ``task_always_eager``. Celery's own default of a broker on
+   ``amqp://localhost`` is never assumed.
+2. Django's tasks framework (Django 6.0+), when ``TASKS[TIERCACHE["TASK_BACKEND"]]`` is a
+   backend that runs tasks elsewhere: anything but Django's default ``ImmediateBackend``, which
+   would run them in the committing process anyway (:mod:`.djangotasks`).
+3. Otherwise synchronously, right after the commit, in the committing process, as with
+   ``PURGE_ASYNC = False``.
 
 :func:`connect` registers the edge tier with the orchestrator
 (:class:`~django_tiercache.invalidation.JournalConsumer`); after each commit it calls
@@ -47,11 +53,35 @@ def celery_configured() -> bool:
     return bool(conf.broker_url or conf.task_always_eager)
 
 
+def django_tasks_configured() -> bool:
+    """Whether Django's tasks framework exists (Django 6.0+) and ``TASKS`` has a backend for the
+    alias ``TIERCACHE["TASK_BACKEND"]`` that is not the ``ImmediateBackend`` (which runs tasks in
+    the caller, as the synchronous delivery does)."""
+    try:
+        from django.tasks import task_backends
+        from django.tasks.backends.immediate import ImmediateBackend
+        from django.tasks.exceptions import InvalidTaskBackend
+    except ImportError:
+        return False
+    try:
+        backend = task_backends[tiercache_settings.TASK_BACKEND]
+    except InvalidTaskBackend:
+        return False
+    return not isinstance(backend, ImmediateBackend)
+
+
 def _default_dispatcher() -> Dispatcher:
-    if tiercache_settings.PURGE_ASYNC and celery_configured():
+    """Celery, else Django's tasks, else inline (the order of the module docstring)."""
+    if not tiercache_settings.PURGE_ASYNC:
+        return deliver_quietly
+    if celery_configured():
         from django_tiercache.edge.tasks import enqueue  # Celery is imported only when used
 
         return enqueue
+    if django_tasks_configured():
+        from django_tiercache.edge import djangotasks  # Django >= 6.0 only
+
+        return djangotasks.enqueue
     return deliver_quietly
 
 

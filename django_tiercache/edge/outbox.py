@@ -179,6 +179,19 @@ def redrive(
     return deliver(stale_rows(older_than, using), using, **deliver_kwargs)
 
 
+def redrive_chunks(
+    older_than: float, using: str, *, include_failed: bool, chunks: int
+) -> list[list[int]]:
+    """What one run of a redrive task hands to delivery tasks: the stale rows (see
+    :func:`stale_rows`), at most ``chunks * REDRIVE_CHUNK``, oldest first, in chunks, each
+    postponed so that the next run does not hand them out again."""
+    row_ids = stale_rows(
+        older_than, using, include_failed=include_failed, limit=REDRIVE_CHUNK * chunks
+    )
+    postpone(row_ids, using)
+    return [row_ids[i : i + REDRIVE_CHUNK] for i in range(0, len(row_ids), REDRIVE_CHUNK)]
+
+
 def postpone(row_ids: Sequence[int], using: str = "default") -> None:
     """Leave rows handed to a delivery alone for ``REDRIVE_BACKOFF`` s (the delivery resets it)."""
     later = timezone.now() + timedelta(seconds=REDRIVE_BACKOFF)

@@ -99,17 +99,17 @@ def redrive_outbox(
     again. Failed rows (refused for good, e.g. a revoked token) are left to an operator unless
     ``include_failed``: resending them every minute would only repeat the refusal.
     """
-    limit = outbox.REDRIVE_CHUNK * REDRIVE_CHUNKS_PER_RUN
-    row_ids = outbox.stale_rows(older_than, using, include_failed=include_failed, limit=limit)
-    outbox.postpone(row_ids, using)
-    for start in range(0, len(row_ids), outbox.REDRIVE_CHUNK):
+    chunks = outbox.redrive_chunks(
+        older_than, using, include_failed=include_failed, chunks=REDRIVE_CHUNKS_PER_RUN
+    )
+    for chunk in chunks:
         deliver_outbox.apply_async(
-            (row_ids[start : start + outbox.REDRIVE_CHUNK], using),
+            (chunk, using),
             {"include_failed": include_failed},
             retry=True,
             retry_policy=PUBLISH_RETRY_POLICY,
         )
-    return len(row_ids)
+    return sum(map(len, chunks))
 
 
 class _Publisher(threading.local):
