@@ -17,6 +17,23 @@ _counter = itertools.count()
 LOCMEM_PURGERS = {"edge": {"BACKEND": "django_tiercache.purgers.locmem.LocMemPurger"}}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``postgres`` need the test process on PostgreSQL. Under SQLite they are left
+    to tests/test_on_postgres.py (when it is collected too), which runs them in a pytest of its
+    own on a private server; on PostgreSQL that runner is the one left out."""
+    on_postgres = os.environ.get("TIERCACHE_TEST_DATABASE", "sqlite") == "postgres"
+    runners = [item for item in items if item.get_closest_marker("postgres_runner")]
+    if on_postgres:
+        left = runners
+    elif runners:
+        left = [item for item in items if item.get_closest_marker("postgres")]
+    else:
+        left = []
+    if left:
+        items[:] = [item for item in items if item not in left]
+        config.hook.pytest_deselected(items=left)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_tiercache(settings: Any) -> Iterator[None]:
     """A key prefix of its own per test, so tests never see each other's entries in a real Redis;

@@ -1,12 +1,14 @@
-"""A private PostgreSQL primary and streaming replica on free ports, for the replica-lag tests.
+"""Private PostgreSQL servers on free ports: a primary and streaming replica for the replica-lag
+tests, or a single server for the tests that need PostgreSQL under the default SQLite run.
 
-``start_cluster()`` runs ``initdb`` for a primary, ``pg_basebackup -R`` for a hot standby with
+``start_server()`` runs ``initdb`` and ``pg_ctl`` for one throw-away server. ``start_cluster()``
+runs ``initdb`` for a primary, ``pg_basebackup -R`` for a hot standby with
 ``recovery_min_apply_delay`` (so the lag is real and the same on every run), starts both with
-``pg_ctl`` and waits until the replica streams. Both are stopped and their directories removed
+``pg_ctl`` and waits until the replica streams. Servers are stopped and their directories removed
 afterwards. PostgreSQL refuses to run as root: as root the commands run as the ``postgres`` user.
 
-Without pytest, so that benchmarks/replica_miss.py can use it too; the ``pg_cluster`` fixture of
-tests/test_replicas.py skips with a visible reason when the server binaries are missing
+Without pytest, so that benchmarks/replica_miss.py can use it too; the fixtures that use it skip
+with :func:`unavailable`'s reason when the server binaries are missing
 (``apt-get install postgresql``; ``TIERCACHE_TEST_PG_BINDIR`` names another directory).
 """
 
@@ -49,6 +51,39 @@ def find_bindir() -> str | None:
         if all(os.access(os.path.join(directory, tool), os.X_OK) for tool in _TOOLS):
             return directory
     return None
+
+
+def unavailable() -> str | None:
+    """Why no private server can be started here (None when one can)."""
+    if find_bindir() is None:
+        return (
+            "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: "
+            "apt-get install postgresql, or set TIERCACHE_TEST_PG_BINDIR"
+        )
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run PostgreSQL as"
+    return None
+
+
+@dataclass(frozen=True)
+class Server:
+    """A single private server; it trusts local connections as ``postgres``."""
+
+    host: str
+    port: int
+
+    def env(self) -> dict[str, str]:
+        """What tests/settings.py reads to run the suite on this server."""
+        return {
+            "TIERCACHE_TEST_DATABASE": "postgres",
+            "TIERCACHE_TEST_POSTGRES_HOST": self.host,
+            "TIERCACHE_TEST_POSTGRES_PORT": str(self.port),
+            "TIERCACHE_TEST_POSTGRES_USER": "postgres",
+            "TIERCACHE_TEST_POSTGRES_NAME": "tiercache",
+        }
 
 
 @dataclass(frozen=True)
@@ -126,32 +161,55 @@ def _wait_for_streaming(host: str, port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"the replica did not start streaming in {timeout} s ({last})")
 
 
+def _start_primary(run: _Runner, host: str, port: int, started: list[Path]) -> None:
+    primary = run.workdir / "primary"
+    run("initdb", "-D", str(primary), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+        "--no-sync")  # fmt: skip
+    _append(
+        primary / "postgresql.conf",
+        [
+            f"port = {port}",
+            f"listen_addresses = '{host}'",
+            f"unix_socket_directories = '{run.workdir}'",
+            "wal_level = replica",
+            "max_wal_senders = 4",
+            "fsync = off",  # a throw-away cluster: speed over durability
+            "full_page_writes = off",
+        ],
+    )
+    run("pg_ctl", "-D", str(primary), "-l", str(run.workdir / "primary.log"), "-w", "start")
+    started.append(primary)
+
+
+@contextmanager
+def start_server(bindir: str) -> Iterator[Server]:
+    """One throw-away server, stopped and removed on exit."""
+    host, port = "127.0.0.1", free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="tiercache-pg-"))
+    run = _Runner(bindir, workdir)
+    started: list[Path] = []
+    try:
+        _start_primary(run, host, port, started)
+    except RuntimeError as exc:
+        _stop(run, started, workdir)
+        raise RuntimeError(f"{exc}\nprimary.log:\n{run.log_tail('primary.log')}") from None
+    try:
+        yield Server(host, port)
+    finally:
+        _stop(run, started, workdir)
+
+
 @contextmanager
 def start_cluster(bindir: str, apply_delay_ms: int = APPLY_DELAY_MS) -> Iterator[Cluster]:
     """A primary and a delayed streaming replica, stopped and removed on exit."""
     host = "127.0.0.1"
     workdir = Path(tempfile.mkdtemp(prefix="tiercache-pg-"))
     run = _Runner(bindir, workdir)
-    primary, replica = workdir / "primary", workdir / "replica"
+    replica = workdir / "replica"
     primary_port, replica_port = free_port(), free_port()
     started: list[Path] = []
     try:
-        run("initdb", "-D", str(primary), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-            "--no-sync")  # fmt: skip
-        _append(
-            primary / "postgresql.conf",
-            [
-                f"port = {primary_port}",
-                f"listen_addresses = '{host}'",
-                f"unix_socket_directories = '{workdir}'",
-                "wal_level = replica",
-                "max_wal_senders = 4",
-                "fsync = off",  # a throw-away cluster: speed over durability
-                "full_page_writes = off",
-            ],
-        )
-        run("pg_ctl", "-D", str(primary), "-l", str(workdir / "primary.log"), "-w", "start")
-        started.append(primary)
+        _start_primary(run, host, primary_port, started)
         run("pg_basebackup", "-h", host, "-p", str(primary_port), "-U", "postgres",
             "-D", str(replica), "-R", "-X", "stream", "-c", "fast", "--no-sync")  # fmt: skip
         _append(

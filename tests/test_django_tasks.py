@@ -20,19 +20,13 @@ from tests.test_purgers_fastly import TOKEN as FASTLY_TOKEN
 from tests.test_tasks import use_app, without_purgers
 from tests.testapp.models import Category, Product
 
-if django.VERSION < (6, 0):
-    pytest.skip(
-        f"django.tasks is new in Django 6.0 (this is {django.__version__})",
-        allow_module_level=True,
-    )
-
-from django.tasks import task_backends
-from django.tasks.backends.dummy import DummyBackend
-from django.tasks.signals import task_enqueued
-
-from django_tiercache.edge import djangotasks
-
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.skipif(
+        django.VERSION < (6, 0),
+        reason=f"django.tasks is new in Django 6.0 (this is {django.__version__})",
+    ),
+    pytest.mark.django_db(transaction=True),
+]
 
 DUMMY = {"default": {"BACKEND": "django.tasks.backends.dummy.DummyBackend"}}
 IMMEDIATE = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
@@ -43,13 +37,6 @@ PURGERS = {
         "API_TOKEN": FASTLY_TOKEN,
     }
 }
-
-
-class BrokenBackend(DummyBackend):
-    """A backend whose queue cannot be reached."""
-
-    def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
-        raise ConnectionError("queue unreachable")
 
 
 @pytest.fixture
@@ -73,6 +60,8 @@ def no_celery() -> Iterator[None]:
 @pytest.fixture
 def enqueued() -> Iterator[list[Any]]:
     """Every task result enqueued on any django.tasks backend, in order."""
+    from django.tasks.signals import task_enqueued
+
     seen: list[Any] = []
 
     def receiver(sender: Any, task_result: Any, **kwargs: Any) -> None:
@@ -171,6 +160,9 @@ def test_the_task_backend_setting_names_the_alias(
     settings.TASKS = {**IMMEDIATE, "purges": DUMMY["default"]}
     settings.TIERCACHE = {**settings.TIERCACHE, "TASK_BACKEND": "purges"}
     Product.objects.create(name="Blue", category=category)
+    from django.tasks import task_backends
+    from django.tasks.backends.dummy import DummyBackend
+
     (result,) = enqueued
     assert result.backend == "purges"
     assert isinstance(task_backends["purges"], DummyBackend)
@@ -179,7 +171,7 @@ def test_the_task_backend_setting_names_the_alias(
 def test_an_unreachable_queue_leaves_the_row_pending(
     edge: None, settings: Any, no_celery: None, category: Category, caplog: Any
 ) -> None:
-    settings.TASKS = {"default": {"BACKEND": "tests.test_django_tasks.BrokenBackend"}}
+    settings.TASKS = {"default": {"BACKEND": "tests.tasks_backends.BrokenBackend"}}
     with transaction.atomic():
         Product.objects.create(name="Blue", category=category)  # does not raise
     row = PurgeRequest.objects.get()
@@ -191,6 +183,8 @@ def test_an_unreachable_queue_leaves_the_row_pending(
 def test_a_failed_delivery_stays_pending_and_the_redrive_delivers_it(
     edge: None, settings: Any, no_celery: None, category: Category, enqueued: list[Any]
 ) -> None:
+    from django_tiercache.edge import djangotasks
+
     settings.TASKS = DUMMY
     Product.objects.create(name="Blue", category=category)
     with responses.RequestsMock() as down:
@@ -218,6 +212,8 @@ def test_a_failed_delivery_stays_pending_and_the_redrive_delivers_it(
 def test_a_refusal_fails_the_row_for_an_operator(
     edge: None, settings: Any, no_celery: None, category: Category, enqueued: list[Any]
 ) -> None:
+    from django_tiercache.edge import djangotasks
+
     settings.TASKS = DUMMY
     Product.objects.create(name="Blue", category=category)
     with responses.RequestsMock() as refused:

@@ -116,6 +116,7 @@ class SlowPurger(BasePurger):
         return PurgeResult(ok=True, keys=tuple(keys))
 
 
+@pytest.mark.postgres
 @pytest.mark.skipif(
     not connection.features.has_select_for_update_skip_locked,
     reason="concurrent deliveries need a database shared by threads (run on PostgreSQL)",

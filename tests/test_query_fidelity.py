@@ -112,6 +112,7 @@ def test_caught_validation_error_leaves_the_callers_transaction_usable(pens: Cat
         assert Product.objects.cached().count() == 3  # no TransactionManagementError
 
 
+@pytest.mark.postgres
 @pytest.mark.skipif(
     connection.vendor != "postgresql",
     reason="DISTINCT ON needs PostgreSQL (run with TIERCACHE_TEST_DATABASE=postgres)",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 import sys
 import uuid
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.pg_cluster import Cluster, find_bindir, start_cluster
+from tests.pg_cluster import Cluster, find_bindir, start_cluster, unavailable
 from tests.redis_server import free_port, private_redis
 from tests.varnish_support import VarnishBinary, start_varnish, varnish_bin
 
@@ -27,17 +26,9 @@ CYCLES = 200
 @pytest.fixture(scope="module")
 def pg_cluster() -> Iterator[Cluster]:
     """A primary and a replica 300 ms behind it, for one test module; skipped without binaries."""
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found: "
-            "apt-get install postgresql, or set TIERCACHE_TEST_PG_BINDIR"
-        )
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+    reason, bindir = unavailable(), find_bindir()
+    if reason is not None or bindir is None:
+        pytest.skip(reason or "no PostgreSQL server binaries")
     with start_cluster(bindir) as cluster:
         yield cluster
 
