@@ -218,6 +218,23 @@ def test_an_invalidation_no_replica_confirmed_counts_as_failed(pen: Product, set
         caches["query"].close()
 
 
+def test_wait_for_replicas_confirms_the_invalidation_s_own_connection(
+    pen: Product, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``WAIT`` counts the writes of the connection it runs on: sent on its own, it could run on
+    another pooled connection and confirm that one's older writes instead of this invalidation.
+    It must go out in the invalidation's pipeline, never as a separate ``client.wait()``."""
+    with primary_with_replica() as (primary, _replica):
+        use_cache(settings, django_redis(primary.url, SOCKET_TIMEOUT=2), WAIT_FOR_REPLICAS=1)
+        assert_hit_on_second_read(pen)
+        client = query_results.transport.client  # type: ignore[attr-defined]
+        monkeypatch.setattr(client, "wait", _unreachable)  # a WAIT of its own would fail
+        Product.objects.filter(pk=pen.pk).update(price=Decimal(9))
+        assert not PurgeRequest.objects.filter(results__query__ok=False).exists()
+        assert price(pen.pk) == Decimal(9)
+        caches["query"].close()
+
+
 def test_an_acl_user_over_tls(pen: Product, settings: Any, tmp_path: Any) -> None:
     """``rediss://`` with an ACL user (the default user disabled): the tier uses the cache's own
     client, so it authenticates and encrypts as the cache does."""

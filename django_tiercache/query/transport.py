@@ -287,13 +287,18 @@ class RedisTransport(Transport):
         ``WAIT_FOR_REPLICAS``, raise unless that many replicas have them within
         ``WAIT_TIMEOUT`` (a primary that lost its replicas, e.g. one that a failover left
         behind, would otherwise acknowledge writes that are then lost)."""
-        # Raises on any error reply, an OOM included.
-        self._invalidate_script(keys=[self._key(key) for key in version_keys], args=[ttl])
+        keys = [self._key(key) for key in version_keys]
         replicas = int(tiercache_settings.WAIT_FOR_REPLICAS)
-        if replicas:
-            confirmed = self.client.wait(replicas, _ms(float(tiercache_settings.WAIT_TIMEOUT)))
-            if confirmed < replicas:
-                raise ReplicationError(f"{confirmed} of {replicas} replica(s) confirmed the write")
+        if not replicas:
+            self._invalidate_script(keys=keys, args=[ttl])  # raises on any error, OOM included
+            return
+        # WAIT confirms the writes of its own connection: one pipeline keeps both on one.
+        pipe = self.client.pipeline(transaction=False)
+        self._invalidate_script(keys=keys, args=[ttl], client=pipe)
+        pipe.wait(replicas, _ms(float(tiercache_settings.WAIT_TIMEOUT)))
+        confirmed = pipe.execute()[-1]
+        if confirmed < replicas:
+            raise ReplicationError(f"{confirmed} of {replicas} replica(s) confirmed the write")
 
 
 def _glob_escape(text: str) -> str:
