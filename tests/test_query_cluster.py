@@ -218,6 +218,7 @@ def test_invalidate_all_drops_the_tier_s_keys_only(
     assert len(queries) == 1  # the entry is gone
 
 
+@pytest.mark.postgres  # under SQLite: on a private server (tests/test_on_postgres.py)
 def test_no_stale_read_with_concurrent_writers_and_readers(
     on_cluster: list[RedisServer], products: list[Product]
 ) -> None:
