@@ -59,7 +59,7 @@ from tests.varnish_support import (
 
 __all__ = ["varnish_bin"]  # fixture
 
-pytestmark = [pytest.mark.varnish, pytest.mark.celery_worker]
+pytestmark = [pytest.mark.varnish, pytest.mark.celery_worker, pytest.mark.postgres]
 
 EXAMPLE = REPO / "example_project"
 BROKER_URL = os.environ.get("TIERCACHE_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")

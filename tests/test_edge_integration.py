@@ -52,6 +52,7 @@ __all__ = ["varnish_bin"]  # fixture
 pytestmark = [
     pytest.mark.varnish,
     pytest.mark.celery_worker,
+    pytest.mark.postgres,  # the worker shares the test database
     pytest.mark.django_db(transaction=True),
     pytest.mark.urls("tests.edge_urls"),
 ]
