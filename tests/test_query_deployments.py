@@ -225,7 +225,12 @@ def test_wait_for_replicas_confirms_the_invalidation_s_own_connection(
     another pooled connection and confirm that one's older writes instead of this invalidation.
     It must go out in the invalidation's pipeline, never as a separate ``client.wait()``."""
     with primary_with_replica() as (primary, _replica):
-        use_cache(settings, django_redis(primary.url, SOCKET_TIMEOUT=2), WAIT_FOR_REPLICAS=1)
+        use_cache(
+            settings,
+            django_redis(primary.url, SOCKET_TIMEOUT=2),
+            WAIT_FOR_REPLICAS=1,
+            WAIT_TIMEOUT=1,  # a busy machine: below the socket timeout, above any ack delay
+        )
         assert_hit_on_second_read(pen)
         client = query_results.transport.client  # type: ignore[attr-defined]
         monkeypatch.setattr(client, "wait", _unreachable)  # a WAIT of its own would fail
