@@ -234,7 +234,8 @@ def check_replicas(**kwargs: Any) -> list[CheckMessage]:
         Error(
             f"{SETTING_NAME}['READ_REPLICAS'] names {alias!r}, which is not in settings.DATABASES.",
             hint=f"List aliases of DATABASES ({', '.join(map(repr, settings.DATABASES))}), or "
-            "use None to count every alias but the one a model writes to.",
+            "use None to count the aliases whose settings describe a replica (TEST['MIRROR'], "
+            "or the same NAME on another HOST/PORT).",
             id="tiercache.E011",
         )
         for alias in unknown
