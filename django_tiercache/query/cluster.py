@@ -38,6 +38,7 @@ from django_tiercache.query.transport import (
     _ms,
     _pickle,
     _token,
+    _unlink_matching,
 )
 
 #: The backend's dotted path, as users write it in ``CACHES``.
@@ -295,9 +296,7 @@ class ClusterTransport(RedisTransport):
         by their prefix behind the hash tag."""
         escaped = _glob_escape(self._key(prefix))
         for pattern in (f"{escaped}*", f"\\{{*}}{escaped}*"):
-            names = list(self.client.scan_iter(match=pattern, count=1000))
-            for start in range(0, len(names), 500):
-                self.client.unlink(*names[start : start + 500])
+            _unlink_matching(self.client, pattern)
 
     def invalidate(self, version_keys: Sequence[str], ttl: int) -> None:
         """Set the tokens, one pipeline routed per shard; raises unless every shard stored

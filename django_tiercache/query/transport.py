@@ -248,14 +248,7 @@ class RedisTransport(Transport):
     def clear(self, prefix: str) -> None:
         """Delete this tier's keys only (``SCAN`` on the primary, ``UNLINK`` in batches): never
         the rest of the cache, as Django's ``RedisCache.clear()`` (``FLUSHDB``) would."""
-        batch: list[Any] = []
-        for key in self.client.scan_iter(match=f"{_glob_escape(self._key(prefix))}*", count=1000):
-            batch.append(key)
-            if len(batch) == 500:
-                self.client.unlink(*batch)
-                batch.clear()
-        if batch:
-            self.client.unlink(*batch)
+        _unlink_matching(self.client, f"{_glob_escape(self._key(prefix))}*")
 
     def guard_restarts(self, prefix: str) -> None:
         """Every connection of the client's pool checks the server's ``run_id`` when it
@@ -299,6 +292,18 @@ class RedisTransport(Transport):
         confirmed = pipe.execute()[-1]
         if confirmed < replicas:
             raise ReplicationError(f"{confirmed} of {replicas} replica(s) confirmed the write")
+
+
+def _unlink_matching(client: Any, pattern: str) -> None:
+    """``UNLINK`` every key matching the glob ``pattern`` (``SCAN``), in batches of 500."""
+    batch: list[Any] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) == 500:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
 
 
 def _glob_escape(text: str) -> str:
