@@ -194,16 +194,21 @@ def _unreachable(*args: Any, **kwargs: Any) -> None:
     raise ConnectionError("redis unreachable")
 
 
+def wait_for_one_replica(settings: Any, primary: RedisServer) -> None:
+    """The query tier on ``primary`` with ``WAIT_FOR_REPLICAS=1``."""
+    use_cache(
+        settings,
+        django_redis(primary.url, SOCKET_TIMEOUT=2),
+        WAIT_FOR_REPLICAS=1,
+        WAIT_TIMEOUT=1,  # a busy machine: below the socket timeout, above any ack delay
+    )
+
+
 def test_an_invalidation_no_replica_confirmed_counts_as_failed(pen: Product, settings: Any) -> None:
     """WAIT_FOR_REPLICAS: a primary whose replica is gone (as after a failover that left it
     behind) acknowledges a write it may lose; the tier treats it as failed and replays it."""
     with primary_with_replica() as (primary, replica):
-        use_cache(
-            settings,
-            django_redis(primary.url, SOCKET_TIMEOUT=2),
-            WAIT_FOR_REPLICAS=1,
-            WAIT_TIMEOUT=1,  # a busy machine: below the socket timeout, above any ack delay
-        )
+        wait_for_one_replica(settings, primary)
         assert_hit_on_second_read(pen)
         assert stale_reads(pen, 5) == 0
         replica.client().execute_command("REPLICAOF", "NO", "ONE")
@@ -225,12 +230,7 @@ def test_wait_for_replicas_confirms_the_invalidation_s_own_connection(
     another pooled connection and confirm that one's older writes instead of this invalidation.
     It must go out in the invalidation's pipeline, never as a separate ``client.wait()``."""
     with primary_with_replica() as (primary, _replica):
-        use_cache(
-            settings,
-            django_redis(primary.url, SOCKET_TIMEOUT=2),
-            WAIT_FOR_REPLICAS=1,
-            WAIT_TIMEOUT=1,  # a busy machine: below the socket timeout, above any ack delay
-        )
+        wait_for_one_replica(settings, primary)
         assert_hit_on_second_read(pen)
         client = query_results.transport.client  # type: ignore[attr-defined]
         monkeypatch.setattr(client, "wait", _unreachable)  # a WAIT of its own would fail
