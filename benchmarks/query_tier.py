@@ -39,7 +39,7 @@ TARGETS = {
     "get_hit": (1.6, "floor"),
     "list100_hit": (1.3, "floor"),
     "count_hit": (1.6, "floor"),
-    "cold_miss": (1.3, "none"),
+    "cold_miss": (1.6, "none"),  # and below cacheops and cachalot (printed under the table)
     "save_reread": (1.3, "none"),
 }
 GROUPS, PER_GROUP = 100, 100
@@ -384,6 +384,17 @@ def table(results: dict[str, dict[str, Any] | str]) -> str:
         )
     tc = results.get("tiercache")
     if isinstance(tc, dict):
+        rivals = [c for c in ("cacheops", "cachalot") if isinstance(results.get(c), dict)]
+        if rivals:
+            lines.append("")
+            lines.append(
+                "Cold miss, tiercache against the other query caches of this run: "
+                + ", ".join(
+                    f"{c} {tc['cold_miss']['median'] / results[c]['cold_miss']['median']:.2f}×"
+                    for c in rivals
+                )
+                + " (target: below 1.00× of both)"
+            )
         trips = {op: tc[op].get("round_trips") for op in ("get_hit", "list100_hit", "count_hit")}
         lines.append("")
         lines.append(
