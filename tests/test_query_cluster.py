@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -178,6 +178,58 @@ def test_a_master_killed_and_restarted_empty(
         stale += sum(price(product.pk) != Decimal(cycle) for _ in range(2))
     assert stale == 0
     assert_hit_on_second_read(pen)
+
+
+def another_process() -> QueryResults:
+    """A service with its own state and its own cluster client (connections, restart check), as
+    in another process: it takes the cache object of another thread."""
+    service = QueryResults()
+    thread = threading.Thread(target=lambda: service.transport)
+    thread.start()
+    thread.join()
+    return service
+
+
+@pytest.mark.parametrize("first", ["same", "warm", "new"])
+def test_a_master_restarted_from_an_old_snapshot_serves_nothing_stale(
+    on_cluster: list[RedisServer], products: list[Product], first: str
+) -> None:
+    """Snapshot (``SAVE``) the master holding the pen's token, commit an invalidation it
+    acknowledges, kill -9, restart it from the snapshot: the token is back as it was before the
+    commit. Whichever client reaches the restarted master first (this process's, a warm one of
+    another process, a new one), none serves the old price."""
+    pen = products[0]
+    keys = [f"testapp.product:{pen.pk}"]
+    victim = next(n for n in on_cluster if n.port == shard_of(on_cluster, keys[0]))
+    warm = another_process()
+
+    def warm_price() -> Decimal:
+        return warm.get_or_set("pen", lambda: Product.objects.get(pk=pen.pk).price, keys=keys)
+
+    assert_hit_on_second_read(pen)
+    assert warm_price() == warm_price() == Decimal(0)
+    victim.client().save()
+    Product.objects.filter(pk=pen.pk).update(price=Decimal(1))  # after the snapshot: lost
+    restarts = stats.get("query_restarts")
+    victim.kill()
+    try:
+        victim.start()  # from the snapshot: the pen's token as it was with price 0 cached
+    finally:
+        (victim.dir / "dump.rdb").unlink()
+    wait_until(lambda: cluster_ok(on_cluster), what="the cluster to recover")
+    reads: dict[str, Callable[[], Decimal]] = {
+        "same": lambda: price(pen.pk),
+        "warm": warm_price,
+        "new": lambda: another_process().get_or_set(
+            "pen", lambda: Product.objects.get(pk=pen.pk).price, keys=keys
+        ),
+    }
+    order = [first, *(name for name in reads if name != first)]
+    # Twice each: an old connection's first read fails (RETRY_INTERVAL is 0 here).
+    assert [reads[name]() for name in order for _ in range(2)] == [Decimal(1)] * 6
+    assert stats.get("query_restarts") - restarts == 1
+    assert_hit_on_second_read(pen)
+    assert warm_price() == Decimal(1)
 
 
 def test_the_backend_is_a_django_cache(on_cluster: list[RedisServer]) -> None:

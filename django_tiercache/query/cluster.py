@@ -13,6 +13,7 @@ use, so a cluster that is down at start-up costs reads from the database, not er
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 import secrets
@@ -26,9 +27,11 @@ from urllib.parse import unquote, urlsplit
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from redis.retry import Retry
 
 from django_tiercache.conf import tiercache_settings
+from django_tiercache.query.restarts import NodeRunGuard
 from django_tiercache.query.schema import schema_version
 from django_tiercache.query.transport import (
     Entry,
@@ -96,14 +99,22 @@ class RedisClusterCache(BaseCache):
     thread; each node has its own connection pool. A command that fails is not retried unless
     ``OPTIONS`` give a ``retry`` (redis-py's default would wait through three more timeouts and
     backoffs; the query tier falls back to the database and retries after ``RETRY_INTERVAL``).
-    Redirections (``MOVED``, ``ASK``) are followed either way."""
+    Redirections (``MOVED``, ``ASK``) are followed either way. Every new connection goes through
+    :attr:`restarts` (after a ``redis_connect_func`` of ``OPTIONS``)."""
 
     def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
         super().__init__(params)
         self._location = server  # checked by tiercache.E012, parsed on first use
         self._options: dict[str, Any] = dict(params.get("OPTIONS") or {})
+        #: The restart check of each master (see :mod:`.restarts`): the query tier watches it.
+        self.restarts = NodeRunGuard(self._options.pop("redis_connect_func", None))
         self._client: RedisCluster | None = None
         self._lock = threading.Lock()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client exists (it may hold connections)."""
+        return self._client is not None
 
     @property
     def cluster(self) -> RedisCluster:
@@ -114,6 +125,7 @@ class RedisClusterCache(BaseCache):
                 if self._client is None:
                     nodes, url_options = startup_nodes(self._location)
                     options = {"retry": Retry(NoBackoff(), 0), **url_options, **self._options}
+                    options["redis_connect_func"] = self.restarts.on_connect
                     self._client = RedisCluster(startup_nodes=nodes, **options)
                 client = self._client
         return client
@@ -291,12 +303,36 @@ class ClusterTransport(RedisTransport):
             pipe.execute()
         return stored
 
-    def clear(self, prefix: str) -> None:
-        """Delete this tier's keys on every master: tokens by their prefix, entries and locks
-        by their prefix behind the hash tag."""
+    def _patterns(self, prefix: str) -> tuple[str, str]:
+        """The globs of this tier's keys: tokens by their prefix, entries, locks and the
+        restart records by their prefix behind a hash tag."""
         escaped = _glob_escape(self._key(prefix))
-        for pattern in (f"{escaped}*", f"\\{{*}}{escaped}*"):
+        return f"{escaped}*", f"\\{{*}}{escaped}*"
+
+    def clear(self, prefix: str) -> None:
+        """Delete this tier's keys on every master."""
+        for pattern in self._patterns(prefix):
             _unlink_matching(self.client, pattern)
+
+    def guard_restarts(self, prefix: str) -> None:
+        """Every new connection to a master checks its ``run_id`` first (:class:`.restarts.
+        NodeRunGuard`); connections opened before this call are checked now."""
+        self._cluster_cache.restarts.watch(self._key(f"{prefix}run"), self._patterns(prefix))
+        if self._cluster_cache.connected:
+            with contextlib.suppress(RedisError):  # unreachable: every connection checks anyway
+                self.check_restart()
+
+    def check_restart(self) -> None:
+        """Check one pooled connection of each master now. A master that cannot be reached is
+        skipped: it serves nothing, and the connection that reaches it again is checked."""
+        for node in self.client.get_primaries():
+            pool = self.client.get_redis_connection(node).connection_pool
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                connection = pool.get_connection()  # a new one is checked as it connects
+                try:
+                    self._cluster_cache.restarts.check(connection)
+                finally:
+                    pool.release(connection)
 
     def invalidate(self, version_keys: Sequence[str], ttl: int) -> None:
         """Set the tokens, one pipeline routed per shard; raises unless every shard stored
