@@ -198,13 +198,14 @@ def cluster_ok(nodes: list[RedisServer]) -> bool:
 
 
 @contextmanager
-def cluster(masters: int = 3) -> Iterator[list[RedisServer]]:
-    """A Redis Cluster of ``masters`` masters (no replicas), slots spread evenly. A node stopped
-    and started again keeps its identity and slots (its ``nodes.conf`` stays in its directory)
-    but not its data."""
+def cluster(masters: int = 3, replicas: int = 0) -> Iterator[list[RedisServer]]:
+    """A Redis Cluster of ``masters`` masters, slots spread evenly, then ``replicas`` replicas of
+    each (node ``masters + i`` replicates master ``i % masters``). A node stopped and started
+    again keeps its identity and slots (its ``nodes.conf`` stays in its directory) but not its
+    data."""
     with ExitStack() as stack:
         # The bus port is not port + 10000, which may exceed 65535.
-        buses = [free_port() for _ in range(masters)]
+        buses = [free_port() for _ in range(masters * (1 + replicas))]
         nodes = [
             stack.enter_context(
                 private_redis(
@@ -215,11 +216,23 @@ def cluster(masters: int = 3) -> Iterator[list[RedisServer]]:
             for bus in buses
         ]
         per_node = 16384 // masters
-        for index, node in enumerate(nodes):
+        for index, node in enumerate(nodes[:masters]):
             first = index * per_node
             last = 16383 if index == masters - 1 else first + per_node - 1
             node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
         for node, bus in zip(nodes[1:], buses[1:], strict=True):
             nodes[0].client().execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+        for index, replica in enumerate(nodes[masters:]):
+            master_id = nodes[index % masters].client().execute_command("CLUSTER", "MYID")
+            wait_until(
+                lambda r=replica, m=master_id: m in r.client().execute_command("CLUSTER", "NODES"),
+                what="the replica to know its master",
+            )
+            replica.client().execute_command("CLUSTER", "REPLICATE", master_id)
+        for replica in nodes[masters:]:
+            wait_until(
+                lambda r=replica: r.client().info("replication")["master_link_status"] == "up",
+                what="the replica's link to its master",
+            )
         wait_until(lambda: cluster_ok(nodes), what="the cluster to form")
         yield nodes

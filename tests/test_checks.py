@@ -245,7 +245,6 @@ def test_a_redis_cluster_cache_is_accepted_without_connecting() -> None:
         (["redis://127.0.0.1:7000/3"], {}, {}, "only database 0"),
         (NODES, {"read_from_replicas": True}, {}, "reads from replicas"),
         (NODES, {"load_balancing_strategy": 1}, {}, "reads from replicas"),
-        (NODES, {}, {"WAIT_FOR_REPLICAS": 1}, "WAIT_FOR_REPLICAS"),
     ],
 )
 def test_a_redis_cluster_cache_set_up_wrongly_is_refused(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from django_tiercache import stats
+from django_tiercache.models import PurgeRequest
 from django_tiercache.query import QueryResults, query_results
 from django_tiercache.query.cluster import BACKEND, ClusterTransport
 from tests.redis_server import RedisServer, cluster, cluster_ok, wait_until
@@ -34,13 +36,35 @@ def nodes() -> Iterator[list[RedisServer]]:
         yield found
 
 
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[list[RedisServer]]:
+    """Three masters and a replica of each (which is which changes with a failover)."""
+    with cluster(3, replicas=1) as found:
+        yield found
+
+
+def _use(nodes: list[RedisServer], settings: Any, wait_for_replicas: int = 0) -> None:
+    options = {key.lower(): value for key, value in TIMEOUTS.items()}
+    tiercache: dict[str, Any] = {}
+    if wait_for_replicas:  # WAIT_TIMEOUT below the socket timeout, above any ack delay
+        options["socket_timeout"] = 2
+        tiercache = {"WAIT_FOR_REPLICAS": wait_for_replicas, "WAIT_TIMEOUT": 1}
+    location = [node.url for node in nodes]
+    use_cache(settings, {"BACKEND": BACKEND, "LOCATION": location, "OPTIONS": options}, **tiercache)
+    assert isinstance(query_results.transport, ClusterTransport)
+
+
 @pytest.fixture
 def on_cluster(nodes: list[RedisServer], settings: Any) -> Iterator[list[RedisServer]]:
-    options = {key.lower(): value for key, value in TIMEOUTS.items()}
-    location = [node.url for node in nodes]
-    use_cache(settings, {"BACKEND": BACKEND, "LOCATION": location, "OPTIONS": options})
-    assert isinstance(query_results.transport, ClusterTransport)
+    _use(nodes, settings)
     yield nodes
+    caches["query"].close()
+
+
+@pytest.fixture
+def on_replicated(replicated: list[RedisServer], settings: Any) -> Iterator[list[RedisServer]]:
+    _use(replicated, settings)
+    yield replicated
     caches["query"].close()
 
 
@@ -230,6 +254,88 @@ def test_a_master_restarted_from_an_old_snapshot_serves_nothing_stale(
     assert stats.get("query_restarts") - restarts == 1
     assert_hit_on_second_read(pen)
     assert warm_price() == Decimal(1)
+
+
+def replica_of(nodes: list[RedisServer], port: int) -> RedisServer:
+    """The replica of the master on ``port``."""
+    return next(
+        node for node in nodes if node.client().info("replication").get("master_port") == port
+    )
+
+
+@contextmanager
+def cut_from_its_master(replica: RedisServer) -> Iterator[None]:
+    """The replica's link to its master broken until the block ends: it reconnects as a user
+    that does not exist, so the master's writes meanwhile never reach it."""
+    client = replica.client()
+    client.config_set("masteruser", "tc-nobody")
+    client.config_set("masterauth", "wrong")
+    client.execute_command("CLIENT", "KILL", "TYPE", "master")
+    wait_until(lambda: client.info("replication")["master_link_status"] == "down")
+    try:
+        yield
+    finally:
+        client.config_set("masteruser", "")
+        client.config_set("masterauth", "")
+
+
+@pytest.mark.parametrize("wait_for_replicas", [0, 1])
+def test_a_replica_promoted_without_the_last_invalidation_serves_nothing_stale(
+    on_replicated: list[RedisServer], products: list[Product], settings: Any, wait_for_replicas: int
+) -> None:
+    """The master holding the pen's token acknowledges an invalidation that its replica never
+    gets; the replica takes over (``CLUSTER FAILOVER TAKEOVER``) with the token as it was
+    before. Its run_id is not the one recorded: the tier's keys on it go before it serves.
+    With WAIT_FOR_REPLICAS the invalidation fails at once, and its replay first meets the old
+    master (``MOVED``), then reaches the new one."""
+    _use(on_replicated, settings, wait_for_replicas)
+    pen = products[0]
+    port = shard_of(on_replicated, f"testapp.product:{pen.pk}")
+    master = next(node for node in on_replicated if node.port == port)
+    replica = replica_of(on_replicated, port)
+    assert_hit_on_second_read(pen)
+    restarts = stats.get("query_restarts")
+    with cut_from_its_master(replica):
+        Product.objects.filter(pk=pen.pk).update(price=Decimal(1))  # never reaches the replica
+        replica.client().execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        wait_until(
+            lambda: master.client().info("replication")["role"] == "slave",
+            timeout=40,
+            what="the old master to follow the promoted replica",
+        )
+    wait_until(lambda: cluster_ok(on_replicated), what="the cluster to agree")
+    assert [price(pen.pk) for _ in range(3)] == [Decimal(1)] * 3
+    assert stats.get("query_restarts") - restarts == 1
+    assert_hit_on_second_read(pen)
+    assert not PurgeRequest.objects.filter(results__query__ok=False).exists()
+
+
+def test_wait_for_replicas_fails_an_invalidation_a_replica_did_not_confirm(
+    on_replicated: list[RedisServer], products: list[Product], settings: Any
+) -> None:
+    """WAIT_FOR_REPLICAS on a cluster: tokens on every master are confirmed by its replica;
+    one whose replica is cut off counts as failed, nothing is served until it has been replayed
+    (confirmed, once the replica is back), then hits again."""
+    _use(on_replicated, settings, wait_for_replicas=1)
+    shards = {shard_of(on_replicated, f"testapp.product:{p.pk}") for p in products}
+    assert len(shards) == 3
+    for cycle, product in enumerate(products, start=1):
+        Product.objects.filter(pk=product.pk).update(price=Decimal(cycle))
+        assert price(product.pk) == price(product.pk) == Decimal(cycle)
+    assert not PurgeRequest.objects.filter(results__query__ok=False).exists()
+    pen = products[0]
+    assert_hit_on_second_read(pen)
+    replica = replica_of(on_replicated, shard_of(on_replicated, f"testapp.product:{pen.pk}"))
+    with cut_from_its_master(replica):
+        Product.objects.filter(pk=pen.pk).update(price=Decimal(99))  # unconfirmed: failed
+        assert PurgeRequest.objects.filter(results__query__ok=False).count() == 1
+        with CaptureQueriesContext(connection) as queries:
+            assert price(pen.pk) == Decimal(99)
+        assert len(queries) > 1  # from the database (after looking at the journal)
+    wait_until(lambda: replica.client().info("replication")["master_link_status"] == "up")
+    assert price(pen.pk) == Decimal(99)  # replayed, confirmed, then read
+    assert not PurgeRequest.objects.filter(results__query__ok=False).exists()
+    assert_hit_on_second_read(pen)
 
 
 def test_the_backend_is_a_django_cache(on_cluster: list[RedisServer]) -> None:

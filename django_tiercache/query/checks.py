@@ -4,8 +4,7 @@ wrongly (E012) and missing timeouts (W006).
 E009: the cache is Redis in a shape the query tier cannot serve correctly (django-redis'
 ``ShardClient``, a Redis Cluster client behind django-redis): refused at start-up rather than
 failing per query. E012: a :class:`~django_tiercache.query.cluster.RedisClusterCache` whose
-``LOCATION`` is not a list of node URLs, that reads from replicas, or with
-``WAIT_FOR_REPLICAS`` (not supported on a cluster). Checked without connecting.
+``LOCATION`` is not a list of node URLs or that reads from replicas. Checked without connecting.
 W006: the cache has no socket timeouts, so a stalled Redis blocks every read and every commit
 for redis-py's default (none: forever).
 """
@@ -88,14 +87,6 @@ def _cluster_problems(config: dict[str, Any]) -> list[tuple[str, str]]:
                 "a replica can return a version token older than a completed invalidation.",
                 f"Remove {', '.join(replica_reads)} from OPTIONS: the query tier reads from "
                 "the masters.",
-            )
-        )
-    if tiercache_settings.WAIT_FOR_REPLICAS:
-        problems.append(
-            (
-                "TIERCACHE['WAIT_FOR_REPLICAS'] is set, which the query tier does not support "
-                "on a Redis Cluster (every invalidation would count as failed).",
-                "Set WAIT_FOR_REPLICAS to 0 for a cluster.",
             )
         )
     return problems

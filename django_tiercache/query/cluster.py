@@ -336,11 +336,55 @@ class ClusterTransport(RedisTransport):
 
     def invalidate(self, version_keys: Sequence[str], ttl: int) -> None:
         """Set the tokens, one pipeline routed per shard; raises unless every shard stored
-        them. ``WAIT_FOR_REPLICAS`` is refused (``tiercache.E012``): it fails here."""
-        if tiercache_settings.WAIT_FOR_REPLICAS:
-            raise ReplicationError("WAIT_FOR_REPLICAS is not supported on Redis Cluster")
+        them. With ``WAIT_FOR_REPLICAS``, master by master (:meth:`_invalidate_confirmed`)."""
+        names = [self._key(key) for key in version_keys]
         token = secrets.randbits(62)
+        replicas = int(tiercache_settings.WAIT_FOR_REPLICAS)
+        if replicas:
+            self._invalidate_confirmed(names, token, ttl, replicas)
+        else:
+            self._set_tokens(names, token, ttl)
+
+    def _set_tokens(self, names: Sequence[str], token: int, ttl: int) -> None:
         with self.client.pipeline() as pipe:
-            for key in version_keys:
-                pipe.set(self._key(key), token, ex=ttl)
+            for name in names:
+                pipe.set(name, token, ex=ttl)
             pipe.execute()  # raises on any error reply, an OOM included
+
+    def _invalidate_confirmed(
+        self, names: Sequence[str], token: int, ttl: int, replicas: int
+    ) -> None:
+        """The tokens of each master, then ``WAIT``, in one pipeline of that master's own client
+        (one connection: ``WAIT`` counts the writes of its connection); raises unless every
+        master stored its tokens and ``replicas`` of its replicas confirmed them.
+
+        The cluster client's pipeline cannot do this: it sends a command again on another
+        connection after a redirection (``MOVED``, ``ASK``), where no ``WAIT`` follows it. A
+        master's own client follows none: a slot that has moved, like a master that cannot be
+        reached, fails the invalidation, and the tokens then go through the cluster client as
+        without ``WAIT`` (it follows the redirection and learns the new slot map, so that the
+        replay reaches the right master).
+        """
+        by_master: dict[str, tuple[Any, list[str]]] = {}
+        for name in names:
+            node = self.client.get_node_from_key(name)
+            by_master.setdefault(node.name, (node, []))[1].append(name)
+        timeout = _ms(float(tiercache_settings.WAIT_TIMEOUT))
+        unconfirmed: list[str] = []
+        for node, group in by_master.values():
+            pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+            for name in group:
+                pipe.set(name, token, ex=ttl)
+            pipe.wait(replicas, timeout)
+            try:
+                confirmed = pipe.execute()[-1]
+            except RedisError:
+                with contextlib.suppress(RedisError):
+                    self._set_tokens(names, token, ttl)
+                raise
+            if confirmed < replicas:
+                unconfirmed.append(f"{confirmed} on {node.name}")
+        if unconfirmed:
+            raise ReplicationError(
+                f"fewer than {replicas} replica(s) confirmed the write: {', '.join(unconfirmed)}"
+            )

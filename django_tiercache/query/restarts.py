@@ -169,16 +169,24 @@ class NodeRunGuard:
         return None if run_id is None else (record, run_id, recorded)
 
     def _run_id(self, info: Any) -> bytes | None:
-        if isinstance(info, ResponseError):  # not permitted (ACL), or not a real Redis
-            self._blind = True
-            logger.warning("tiercache: cannot see Redis restarts (INFO refused: %s)", info)
+        if isinstance(info, ResponseError):
+            self._refused(info)
             return None
         return _parse_run_id(info)
+
+    def _refused(self, exc: ResponseError) -> None:
+        """Not permitted (ACL), or not a real Redis: restarts cannot be seen (warned once)."""
+        self._blind = True
+        logger.warning("tiercache: cannot see Redis restarts (INFO or CLUSTER NODES: %s)", exc)
 
     def _record(self, connection: Any) -> str | None:
         """The name of the master's record: ``{r<n>}<run key>`` for the first ``n`` that hashes
         to a slot the master owns and is not migrating (None: it owns none)."""
-        slots = _own_slots(_call(connection, "CLUSTER", "NODES"))
+        try:
+            slots = _own_slots(_call(connection, "CLUSTER", "NODES"))
+        except ResponseError as exc:
+            self._refused(exc)
+            return None
         if not slots:
             return None
         # Redis Cluster's key slot: CRC16 (XMODEM) of the hash tag, modulo 16384.
