@@ -73,13 +73,19 @@ def outcome(exc: BaseException | None = None) -> dict[str, Any]:
 
 
 def record_failure(name: str, row_ids: Sequence[int], using: str, exc: BaseException) -> None:
-    """Remember on the rows that tier ``name`` missed their keys, so it applies them again."""
+    """Remember on the rows that tier ``name`` missed their keys, so it applies them again.
+
+    A row written ``done`` (no consumer had anything to do) becomes ``pending``: a recovery
+    only looks at unfinished rows.
+    """
     result = outcome(exc)
     for row in PurgeRequest.objects.using(using).filter(pk__in=list(row_ids)):
         row.results[name] = result
         row.last_error = result["error"]
         row.tier_missed = True
-        row.save(update_fields=["results", "last_error", "tier_missed", "updated"])
+        if row.status == PurgeRequest.Status.DONE:
+            row.status = PurgeRequest.Status.PENDING
+        row.save(update_fields=["results", "last_error", "tier_missed", "status", "updated"])
 
 
 def failed_at(name: str, rows: Iterable[PurgeRequest]) -> list[PurgeRequest]:

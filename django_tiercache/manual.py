@@ -48,7 +48,7 @@ def request_purge(
     failures = invalidation.apply(keys, using=using, purge_all=purge_all)
     if failures:
         invalidation.record(failures, [row.pk], using)
-        row.refresh_from_db(fields=["results", "last_error"])
+        row.refresh_from_db(fields=["results", "last_error", "tier_missed", "status"])
     if dispatch and targets:
         transaction.on_commit(partial(invalidation.dispatch, [row.pk], using), using=using)
     return row

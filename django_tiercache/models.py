@@ -31,7 +31,8 @@ class SurrogateKeyMixin(models.Model):
 class PurgeRequest(models.Model):
     """Keys to purge at the edge, written in the same transaction as the change that needs them.
 
-    A row is only written when at least one purger is configured; a transaction writes one row
+    A change writes a row when at least one purger is configured or when the query tier's
+    invalidation failed (a manual purge always writes one); a transaction writes one row
     for all its changes (up to ``journal.MAX_KEYS_PER_ROW`` keys each), updated in place as the
     transaction collects keys. It stays ``pending`` until every purger has succeeded
     (``results`` remembers which did, so a retry skips them), and becomes ``failed`` when a

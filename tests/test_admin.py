@@ -13,7 +13,9 @@ from django.urls import reverse
 
 from django_tiercache.edge.purgers import locmem
 from django_tiercache.models import PurgeRequest
+from django_tiercache.query import query_results
 from django_tiercache.redact import MASK
+from tests.test_command_purge import redis_down
 from tests.testapp.models import Category, Product
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.admin_urls")]
@@ -292,3 +294,24 @@ def test_the_action_says_purged_when_the_purge_already_finished(
     assert "1 object, 2 keys purged" in page
     assert "(done)" in page
     assert PurgeRequest.objects.get().status == PurgeRequest.Status.DONE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_purge_the_query_tier_missed_is_not_called_purged_and_is_replayed(
+    shop: tuple[Category, list[Product]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No edge purger, the query tier down during the purge: the message does not say purged,
+    and the purge is replayed before the tier serves anything again."""
+    category = shop[0]
+    keys = [f"testapp.category:{category.pk}"]
+    query_results.set("category page", "old", keys=keys)
+    client = login(user("root", superuser=True), csrf=False)
+    with monkeypatch.context() as down:
+        down.setattr(query_results.transport, "invalidate", redis_down)
+        response = client.post(
+            CATEGORIES, {"action": ACTION, "_selected_action": [str(category.pk)]}, follow=True
+        )
+    page = response.content.decode()
+    assert "2 keys purged" not in page
+    assert "(pending)" in page
+    assert query_results.get("category page", keys=keys) is None

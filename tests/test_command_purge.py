@@ -304,6 +304,34 @@ def test_without_purgers_only_the_query_tier_is_purged() -> None:
     assert PurgeRequest.objects.get().status == PurgeRequest.Status.DONE
 
 
+def redis_down(*args: Any, **kwargs: Any) -> None:
+    raise ConnectionError("redis unreachable")
+
+
+@pytest.mark.parametrize(
+    ("args", "failing"), [(["k"], "invalidate"), (["--all", "--yes"], "clear")]
+)
+def test_a_purge_the_query_tier_missed_is_replayed_before_anything_is_served(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], failing: str
+) -> None:
+    """Without an edge purger the request row has nothing left for the edge, but the query
+    tier's failure is: the row stays unfinished and the tier replays it, as for a commit."""
+    cached("home", "k")
+    with monkeypatch.context() as down:
+        down.setattr(query_results.transport, failing, redis_down)
+        _error, out = purge_error(*args)
+
+    assert "query: FAILED (transient; pending for the next redrive)" in out
+    row = PurgeRequest.objects.get()
+    assert row.status == PurgeRequest.Status.PENDING
+    assert not is_cached("home", "k")  # replayed first, then read: the purge went through
+    row.refresh_from_db()
+    assert row.results["query"]["ok"] is True
+
+    out = purge("--redrive", "--older-than", "0", "--sync")
+    assert f"PurgeRequest #{row.pk}: done" in out
+
+
 def old_row(status: str, **fields: Any) -> PurgeRequest:
     row = PurgeRequest.objects.create(keys=["k-old"], status=status, **fields)
     PurgeRequest.objects.filter(pk=row.pk).update(created=timezone.now() - timedelta(hours=1))

@@ -9,12 +9,13 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from django_tiercache import invalidate, invalidation
+from django_tiercache import invalidate, invalidation, manual
 from django_tiercache.edge.outbox import redrive
 from django_tiercache.edge.purgers.locmem import purged_keys
 from django_tiercache.invalidation import keys_invalidated
 from django_tiercache.models import PurgeRequest
 from django_tiercache.query import query_results
+from tests.conftest import LOCMEM_PURGERS
 from tests.testapp.models import Category, Product, Review, SpecialProduct, Tag, Untracked
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -476,3 +477,19 @@ def test_cache_outage_without_purgers_keeps_a_row_for_the_redrive(
     assert f"testapp.product:{pen.pk}" in row.keys
     query_tier_down.restore()
     assert_redrive_invalidates(row, f"testapp.product:{pen.pk}")
+
+
+@pytest.mark.parametrize("with_purger", [False, True])
+def test_a_manual_purge_the_query_tier_missed_is_recovered_like_a_commit(
+    settings: Any, query_tier_down: QueryTierDown, with_purger: bool
+) -> None:
+    if with_purger:
+        settings.TIERCACHE = {**settings.TIERCACHE, "PURGERS": LOCMEM_PURGERS}
+    row = manual.request_purge(["home"])
+    assert row.status == PurgeRequest.Status.PENDING
+    assert row.results["query"]["ok"] is False
+    query_tier_down.restore()
+    before = query_results.versions(["home"])["home"]
+    assert invalidation.recover(tier="query") == 1
+    assert query_results.versions(["home"])["home"] != before
+    assert invalidation.recover(tier="query") == 0

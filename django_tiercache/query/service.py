@@ -520,10 +520,15 @@ class QueryResults:
         """Drop every entry and version token of the query tier (``KEY_PREFIX``).
 
         On Redis only this library's keys go; a cache that cannot match keys (LocMem,
-        Memcached) is cleared whole.
+        Memcached) is cleared whole. Raises as :meth:`invalidate` does, after which nothing is
+        served here until it was replayed.
         """
-        self.transport.clear(f"{tiercache_settings.KEY_PREFIX}:")
-        self.transport.check_restart()  # records the run again (it was one of the tier's keys)
+        try:
+            self.transport.clear(f"{tiercache_settings.KEY_PREFIX}:")
+            self.transport.check_restart()  # records the run again (one of the tier's keys)
+        except Exception as exc:
+            self.outage.failed(exc)
+            raise
 
     def versions(self, keys: Iterable[str]) -> dict[str, Any]:
         """Current version token of each key (None when it has none yet)."""
