@@ -96,10 +96,10 @@ def test_django_redis_client(pen: Product, plain: RedisServer, settings: Any, cl
     assert stats.get("query_hits") >= 100
 
 
-@pytest.mark.parametrize("backend", ["django_redis", "django"])
-def test_primary_with_a_replica_cut_from_it(pen: Product, settings: Any, backend: str) -> None:
-    """Version tokens and locks come from the primary: a replica that stopped replicating (and
-    still answers, with old data) never makes an invalidated entry current again."""
+@contextlib.contextmanager
+def replica_cut_from_its_primary(settings: Any, backend: str) -> Iterator[None]:
+    """The query tier on a primary and a replica (``LOCATION`` a list: the cache reads the
+    replica) that stopped replicating and still answers, with old data."""
     with primary_with_replica() as (primary, replica):
         servers = [primary.url, replica.url]
         if backend == "django":
@@ -108,12 +108,30 @@ def test_primary_with_a_replica_cut_from_it(pen: Product, settings: Any, backend
             use_cache(settings, {"BACKEND": path, "LOCATION": servers, "OPTIONS": options})
         else:
             use_cache(settings, django_redis(servers))
-        assert_hit_on_second_read(pen)
         replica.client().execute_command("REPLICAOF", "127.0.0.1", "1")  # its primary is gone
         wait_until(lambda: replica.client().info("replication")["master_link_status"] == "down")
+        yield
+        caches["query"].close()
+
+
+@pytest.mark.parametrize("backend", ["django_redis", "django"])
+def test_primary_with_a_replica_cut_from_it(pen: Product, settings: Any, backend: str) -> None:
+    """Version tokens and locks come from the primary: a replica that stopped replicating
+    never makes an invalidated entry current again."""
+    with replica_cut_from_its_primary(settings, backend):
+        assert_hit_on_second_read(pen)
         assert stale_reads(pen, 100) == 0
         assert stats.get("query_hits") >= 100
-        caches["query"].close()
+
+
+@pytest.mark.parametrize("backend", ["django_redis", "django"])
+def test_versions_are_read_from_the_primary(pen: Product, settings: Any, backend: str) -> None:
+    """``QueryResults.versions()`` answers as the tier reads: an invalidation shows at once."""
+    key = f"testapp.product:{pen.pk}"
+    with replica_cut_from_its_primary(settings, backend):
+        before = query_results.versions([key])[key]
+        Product.objects.filter(pk=pen.pk).update(price=Decimal(2))
+        assert query_results.versions([key])[key] not in (None, before)
 
 
 @pytest.fixture

@@ -530,11 +530,13 @@ class QueryResults:
             self.outage.failed(exc)
             raise
 
-    def versions(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Current version token of each key (None when it has none yet)."""
+    def versions(self, keys: Iterable[str]) -> dict[str, int | None]:
+        """Current version token of each key (None when it has none yet), read as a lookup
+        reads them: from the primary, never from a replica of the cache."""
         tags = sorted(normalize_keys(keys))
-        found = self.cache.get_many([self.version_key(k) for k in tags])
-        return {k: found.get(self.version_key(k)) for k in tags}
+        names = [self.version_key(tag) for tag in tags]
+        current = self.transport.read(self.entry_key(""), names, None, LOCK_TIMEOUT)[1]
+        return dict(zip(tags, current, strict=True))
 
 
 def _ttl(timeout: float | None) -> float:
