@@ -10,6 +10,7 @@ from django.core.cache import caches
 
 from django_tiercache import stats
 from django_tiercache.edge.purgers import locmem
+from tests.redis_server import RedisServer, django_redis, private_redis, use_cache
 
 _RUN = f"tct{os.getpid()}"
 _counter = itertools.count()
@@ -58,6 +59,15 @@ def purgers(settings: Any) -> list[locmem.PurgeCall]:
     """A locmem purger configured; returns its list of calls."""
     settings.TIERCACHE = {**settings.TIERCACHE, "PURGERS": LOCMEM_PURGERS}
     return locmem.calls
+
+
+@pytest.fixture
+def plain_redis(settings: Any) -> Iterator[RedisServer]:
+    """The query tier on a private ``redis-server`` of its own (django-redis, socket timeouts)."""
+    with private_redis() as server:
+        use_cache(settings, django_redis(server.url))
+        yield server
+        caches["query"].close()
 
 
 @pytest.fixture(autouse=True)

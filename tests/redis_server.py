@@ -2,6 +2,8 @@
 shared Redis): one server, a primary with a replica, Sentinel (master, replica, sentinel) and a
 Cluster of three masters. Each starts real ``redis-server`` processes in a temporary directory
 and removes them when done; a test skips (with the reason) where ``redis-server`` is missing.
+:func:`use_cache` points the query tier at one of them (the ``plain_redis`` fixture of
+tests/conftest.py: one server).
 """
 
 from __future__ import annotations
@@ -14,9 +16,27 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+
+TIMEOUTS = {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5}
+
+
+def django_redis(location: Any, **options: Any) -> dict[str, Any]:
+    """A django-redis cache on ``location``, with socket timeouts and ``options``."""
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": location,
+        "OPTIONS": {**TIMEOUTS, **options},
+    }
+
+
+def use_cache(settings: Any, config: dict[str, Any], **tiercache: Any) -> None:
+    """The query tier on the cache ``config`` (alias ``query``), with ``tiercache`` settings."""
+    settings.CACHES = {**settings.CACHES, "query": config}
+    settings.TIERCACHE = {**settings.TIERCACHE, "CACHE_ALIAS": "query", **tiercache}
 
 
 def free_port() -> int:

@@ -23,8 +23,8 @@ from django_tiercache import stats
 from django_tiercache.models import PurgeRequest
 from django_tiercache.query import QueryResults, query_results
 from django_tiercache.query.cluster import BACKEND, ClusterTransport
-from tests.redis_server import RedisServer, cluster, cluster_ok, wait_until
-from tests.test_query_deployments import TIMEOUTS, assert_hit_on_second_read, price, use_cache
+from tests.redis_server import TIMEOUTS, RedisServer, cluster, cluster_ok, use_cache, wait_until
+from tests.test_query_deployments import assert_hit_on_second_read, price
 from tests.testapp.models import Category, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -27,17 +27,17 @@ from django_tiercache.query import QueryResults, query_results
 from tests.redis_server import (
     RedisServer,
     SentinelSet,
+    django_redis,
     free_port,
     primary_with_replica,
     private_redis,
     sentinel_set,
+    use_cache,
     wait_until,
 )
 from tests.testapp.models import Category, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-TIMEOUTS = {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5}
 
 
 @pytest.fixture
@@ -47,20 +47,6 @@ def pen() -> Product:
 
 def price(pk: int) -> Decimal:
     return Product.objects.cached().get(pk=pk).price
-
-
-def django_redis(location: Any, **options: Any) -> dict[str, Any]:
-    """A django-redis cache on ``location``, with socket timeouts and ``options``."""
-    return {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": location,
-        "OPTIONS": {**TIMEOUTS, **options},
-    }
-
-
-def use_cache(settings: Any, config: dict[str, Any], **tiercache: Any) -> None:
-    settings.CACHES = {**settings.CACHES, "query": config}
-    settings.TIERCACHE = {**settings.TIERCACHE, "CACHE_ALIAS": "query", **tiercache}
 
 
 def assert_hit_on_second_read(pen: Product) -> None:
@@ -79,18 +65,12 @@ def stale_reads(pen: Product, cycles: int, start: int = 0) -> int:
     return stale
 
 
-@pytest.fixture
-def plain(settings: Any) -> Iterator[RedisServer]:
-    with private_redis() as server:
-        use_cache(settings, django_redis(server.url))
-        yield server
-        caches["query"].close()
-
-
 @pytest.mark.parametrize("client", ["DefaultClient", "HerdClient"])
-def test_django_redis_client(pen: Product, plain: RedisServer, settings: Any, client: str) -> None:
+def test_django_redis_client(
+    pen: Product, plain_redis: RedisServer, settings: Any, client: str
+) -> None:
     options = {"CLIENT_CLASS": f"django_redis.client.{client}"}
-    use_cache(settings, django_redis(plain.url, **options))
+    use_cache(settings, django_redis(plain_redis.url, **options))
     assert_hit_on_second_read(pen)
     assert stale_reads(pen, 100) == 0
     assert stats.get("query_hits") >= 100
@@ -158,20 +138,22 @@ def test_sentinel_with_a_failover(pen: Product, sentinel: SentinelSet) -> None:
 
 
 def test_a_stalled_redis_costs_one_timeout_per_retry_interval(
-    pen: Product, plain: RedisServer, settings: Any
+    pen: Product, plain_redis: RedisServer, settings: Any
 ) -> None:
     settings.TIERCACHE = {**settings.TIERCACHE, "RETRY_INTERVAL": 60}
     assert_hit_on_second_read(pen)
-    plain.pause(3)
+    plain_redis.pause(3)
     for _ in range(20):
         assert price(pen.pk) == Decimal(1)  # from the database
     assert stats.get("query_errors") == 1  # one timeout; the other reads left Redis alone
 
 
-def test_a_full_redis_counts_as_a_failed_invalidation(pen: Product, plain: RedisServer) -> None:
+def test_a_full_redis_counts_as_a_failed_invalidation(
+    pen: Product, plain_redis: RedisServer
+) -> None:
     """OOM on the version write: nothing is served until the invalidation went through."""
     assert_hit_on_second_read(pen)
-    redis = plain.client()
+    redis = plain_redis.client()
     used = int(redis.info("memory")["used_memory"])
     redis.config_set("maxmemory-policy", "noeviction")
     redis.config_set("maxmemory", used + 64 * 1024)
@@ -188,7 +170,7 @@ def test_a_full_redis_counts_as_a_failed_invalidation(pen: Product, plain: Redis
 
 
 def test_a_process_that_never_saw_the_failure_learns_of_it(
-    pen: Product, plain: RedisServer, settings: Any, monkeypatch: Any
+    pen: Product, plain_redis: RedisServer, settings: Any, monkeypatch: Any
 ) -> None:
     """Another process's failed invalidation is in the outbox: this one replays it before it
     serves anything, within RECOVERY_POLL seconds (0 here: at its next read)."""
@@ -287,7 +269,7 @@ def test_an_acl_user_over_tls(pen: Product, settings: Any, tmp_path: Any) -> Non
 
 
 def test_redis_restarted_under_load_leaves_no_lock_behind(
-    pen: Product, plain: RedisServer, settings: Any
+    pen: Product, plain_redis: RedisServer, settings: Any
 ) -> None:
     """Readers keep reading while Redis is killed and started again: none of them sees an
     error, and once every reader is done no single-flight lock is left (an orphaned lock would
@@ -311,26 +293,26 @@ def test_redis_restarted_under_load_leaves_no_lock_behind(
     for thread in threads:
         thread.start()
     time.sleep(0.3)
-    plain.stop()
+    plain_redis.stop()
     time.sleep(0.5)
-    plain.start()  # same port, empty
+    plain_redis.start()  # same port, empty
     time.sleep(1)
     stop.set()
     for thread in threads:
         thread.join(10)
     assert errors == []
-    assert plain.client().keys(f"*{query_results.lock_key('')}*") == []
+    assert plain_redis.client().keys(f"*{query_results.lock_key('')}*") == []
     assert_hit_on_second_read(pen)
 
 
 @pytest.mark.parametrize("backend", ["django_redis", "django"])
 def test_invalidate_all_drops_the_tier_s_keys_only(
-    pen: Product, plain: RedisServer, settings: Any, backend: str
+    pen: Product, plain_redis: RedisServer, settings: Any, backend: str
 ) -> None:
     if backend == "django":
         options = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
         path = "django.core.cache.backends.redis.RedisCache"
-        use_cache(settings, {"BACKEND": path, "LOCATION": plain.url, "OPTIONS": options})
+        use_cache(settings, {"BACKEND": path, "LOCATION": plain_redis.url, "OPTIONS": options})
     caches["query"].set("session:1", "kept")
     assert_hit_on_second_read(pen)
     query_results.invalidate_all()
@@ -341,7 +323,7 @@ def test_invalidate_all_drops_the_tier_s_keys_only(
 
 
 def test_django_redis_cache_options_shape_the_tier_s_own_pool(
-    pen: Product, plain: RedisServer, settings: Any
+    pen: Product, plain_redis: RedisServer, settings: Any
 ) -> None:
     """Django's RedisCache has no documented client: the tier's own pool follows its documented
     OPTIONS, so ``pool_class`` with ``max_connections`` bounds the tier's connections too."""
@@ -350,7 +332,7 @@ def test_django_redis_cache_options_shape_the_tier_s_own_pool(
         **{"pool_class": "redis.BlockingConnectionPool", "max_connections": 2, "timeout": 10},
     }
     path = "django.core.cache.backends.redis.RedisCache"
-    use_cache(settings, {"BACKEND": path, "LOCATION": plain.url, "OPTIONS": options})
+    use_cache(settings, {"BACKEND": path, "LOCATION": plain_redis.url, "OPTIONS": options})
     assert_hit_on_second_read(pen)
     prices: list[Decimal] = []
 
@@ -367,4 +349,4 @@ def test_django_redis_cache_options_shape_the_tier_s_own_pool(
         thread.join(30)
     assert prices == [Decimal(1)] * 160
     assert stats.get("query_errors") == 0
-    assert len(plain.client().client_list()) <= 3  # the tier's 2 and this one
+    assert len(plain_redis.client().client_list()) <= 3  # the tier's 2 and this one

@@ -13,23 +13,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from django.core.cache import caches
 from django.db import connection
 from redis.exceptions import OutOfMemoryError
 
 from django_tiercache import stats
 from django_tiercache.models import PurgeRequest
-from tests.redis_server import RedisServer, private_redis
-from tests.test_query_deployments import (
-    assert_hit_on_second_read,
-    django_redis,
-    price,
-    use_cache,
-)
+from tests.redis_server import RedisServer
+from tests.test_query_deployments import assert_hit_on_second_read, price
 from tests.testapp.models import Category, Product
 
 pytestmark = [
@@ -97,35 +90,27 @@ def pen() -> Product:
     return Product.objects.create(name="pen", price=Decimal(1), category=Category.objects.create())
 
 
-@pytest.fixture
-def server(settings: Any) -> Iterator[RedisServer]:
-    with private_redis() as found:
-        use_cache(settings, django_redis(found.url))
-        yield found
-        caches["query"].close()
-
-
 @pytest.mark.parametrize("first", ["same", "warm", "new"])
 def test_redis_restarted_from_an_old_snapshot_serves_nothing_stale(
-    pen: Product, server: RedisServer, readers: Callable[..., Reader], first: str
+    pen: Product, plain_redis: RedisServer, readers: Callable[..., Reader], first: str
 ) -> None:
     """Snapshot (``SAVE``), commit an invalidation Redis acknowledges, kill -9, restart from the
     snapshot: its entry and tokens predate the commit. Whichever process reaches the restarted
     server first (this one, a warm second process, a new one), no process serves the old price."""
-    warm = readers(server.url)
+    warm = readers(plain_redis.url)
     assert_hit_on_second_read(pen)
     assert warm.read(pen.pk) == (Decimal(1), True)
-    server.client().save()
+    plain_redis.client().save()
     Product.objects.filter(pk=pen.pk).update(price=Decimal(2))  # after the snapshot: lost
     assert price(pen.pk) == Decimal(2)
     assert warm.read(pen.pk)[0] == Decimal(2)
     restarts = stats.get("query_restarts")
-    server.kill()
-    server.start()  # from the snapshot: price 1 cached under the tokens it had then
+    plain_redis.kill()
+    plain_redis.start()  # from the snapshot: price 1 cached under the tokens it had then
     reads: dict[str, Callable[[], Decimal]] = {
         "same": lambda: price(pen.pk),
         "warm": lambda: warm.read(pen.pk)[0],
-        "new": lambda: readers(server.url).read(pen.pk)[0],
+        "new": lambda: readers(plain_redis.url).read(pen.pk)[0],
     }
     order = [first, *(name for name in reads if name != first)]
     assert [reads[name]() for name in order] == [Decimal(2)] * 3
@@ -146,18 +131,18 @@ def _fill(server: RedisServer) -> None:
 
 
 def test_a_warm_process_that_never_saw_the_failure_replays_it_within_recovery_poll(
-    pen: Product, server: RedisServer, readers: Callable[..., Reader]
+    pen: Product, plain_redis: RedisServer, readers: Callable[..., Reader]
 ) -> None:
     """A second process, warm before the fault, reads nothing while this one's invalidation
     fails (Redis full). Once Redis takes writes again and RECOVERY_POLL has passed, it replays
     the failure from the journal before serving: no stale read, and hits again after."""
-    warm = readers(server.url, recovery_poll=POLL)
+    warm = readers(plain_redis.url, recovery_poll=POLL)
     assert warm.read(pen.pk) == (Decimal(1), False)
     assert warm.read(pen.pk) == (Decimal(1), True)
-    _fill(server)
+    _fill(plain_redis)
     Product.objects.filter(pk=pen.pk).update(price=Decimal(2))  # the invalidation fails
     assert PurgeRequest.objects.filter(results__query__ok=False).count() == 1
-    server.client().config_set("maxmemory", 0)  # recovered; this process reads no more
+    plain_redis.client().config_set("maxmemory", 0)  # recovered; this process reads no more
     time.sleep(POLL)
     served = [warm.read(pen.pk) for _ in range(20)]
     assert [value for value, _hit in served] == [Decimal(2)] * 20
