@@ -265,7 +265,10 @@ def reapply(
     """Invalidate again, in each tier (of ``tiers``), the keys of the rows whose invalidation
     failed there; ``using`` is the database the rows (and their changes) live in.
 
-    Updates ``results`` and ``tier_missed`` in memory; the caller saves the rows.
+    Where that succeeds, the consumers' outcomes are forgotten: what they did before (an edge
+    purge) came before this tier was fresh, so a CDN may have refilled from its stale entries;
+    the next delivery does it again. Updates ``results`` and ``tier_missed`` in memory; the
+    caller saves the rows.
     """
     for name, tier in _tiers.items():
         todo = journal.failed_at(name, rows) if tiers is None or name in tiers else []
@@ -281,6 +284,8 @@ def reapply(
             result = journal.outcome(exc)
         for row in todo:
             row.results[name] = result
+            if result["ok"]:
+                journal.forget(row, targets())
     journal.mark_missed(rows, _tiers)
 
 

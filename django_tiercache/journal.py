@@ -23,6 +23,7 @@ __all__ = [
     "describe",
     "extend",
     "failed_at",
+    "forget",
     "mark_missed",
     "outcome",
     "record_failure",
@@ -91,6 +92,14 @@ def record_failure(name: str, row_ids: Sequence[int], using: str, exc: BaseExcep
 def failed_at(name: str, rows: Iterable[PurgeRequest]) -> list[PurgeRequest]:
     """The rows whose invalidation failed in tier ``name``."""
     return [row for row in rows if row.results.get(name, {}).get("ok") is False]
+
+
+def forget(row: PurgeRequest, targets: Iterable[str]) -> None:
+    """Drop the outcomes of ``targets`` on ``row`` (in memory), so that they act on it again;
+    targets left out on purpose (:data:`SKIPPED`) stay so."""
+    for name in targets:
+        if not row.results.get(name, {}).get(SKIPPED):
+            row.results.pop(name, None)
 
 
 def unfinished(using: str, *, missed: bool = False) -> models.QuerySet[PurgeRequest]:

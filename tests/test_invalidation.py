@@ -436,7 +436,27 @@ def test_cache_outage_at_commit_never_reaches_save(
 
     query_tier_down.restore()
     assert_redrive_invalidates(row, f"testapp.product:{pen.pk}")
-    assert len(purgers) == 1  # the edge, which had succeeded, was not purged again
+    assert len(purgers) == 2  # the edge again, once the query tier has caught up
+
+
+def test_the_edge_is_purged_again_once_the_query_tier_replayed_what_it_missed(
+    pen: Product, purgers: list[Any], query_tier_down: QueryTierDown
+) -> None:
+    """The edge was purged while the query tier still held entries from before the commit: a
+    page the CDN fetched meanwhile may have been built from them. Once the query tier has
+    replayed the invalidation (its own recovery here), the next delivery purges the edge again."""
+    pen.save()
+    row = PurgeRequest.objects.get()
+    assert row.results["edge"]["ok"] is True
+    query_tier_down.restore()
+    assert invalidation.recover(tier="query") == 1
+    backoff_passed()
+    redrive(older_than=0)
+    assert [set(call.keys) for call in purgers] == [set(row.keys)] * 2
+    row.refresh_from_db()
+    assert row.status == PurgeRequest.Status.DONE
+    redrive(older_than=0)
+    assert len(purgers) == 2
 
 
 def test_purger_failure_never_reaches_save(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.core.cache.backends.locmem import LocMemCache
 
-from django_tiercache import replicas
+from django_tiercache import invalidate, replicas
 from django_tiercache.query import positions, query_results
 
 
@@ -74,3 +74,21 @@ def test_a_single_database_records_no_position() -> None:
     key = query_results.position_key("shop.product:1")
     assert positions.required(query_results.cache, [key]) == 0
     assert replicas.wait_until_applied("default", timeout=5) is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_position_that_cannot_be_recorded_is_a_failed_invalidation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The position goes to Redis before the tokens: when Redis refuses it (down, full), this
+    process serves nothing until the invalidation was replayed, as when the tokens fail."""
+    query_results.set("home", "old", keys=["shop.home"])
+    with monkeypatch.context() as down:
+        down.setattr(replicas, "primary_position", lambda using: 0x100)
+        down.setattr(positions, "record", _refused)
+        invalidate("shop.home")
+    assert query_results.get("home", keys=["shop.home"]) is None
+
+
+def _refused(*args: Any, **kwargs: Any) -> None:
+    raise ConnectionError("redis unreachable")

@@ -480,8 +480,8 @@ class QueryResults:
         """
         keys = normalize_keys(keys)
         if keys:
-            self._record_position(keys, using)
             try:
+                self._record_position(keys, using)
                 self.transport.invalidate([self.version_key(k) for k in keys], VERSION_TIMEOUT)
             except Exception as exc:
                 self.outage.failed(exc)  # serve nothing here until it is replayed
