@@ -131,6 +131,25 @@ def test_second_evaluation_is_a_hit(shop: dict[str, Any], name: str) -> None:
     assert second_queries == 0, f"{name} hit the database again"
 
 
+@pytest.mark.parametrize("name", ["get", "count", "list"])
+def test_a_hit_is_one_redis_command(shop: dict[str, Any], name: str, monkeypatch: Any) -> None:
+    """One round trip per hit, however many tags (a list has one per row)."""
+    evaluation = EVALUATIONS[name]
+    evaluation(shop)
+    evaluation(shop)  # a first hit also loads the script it runs
+    client = query_results.transport.client  # type: ignore[attr-defined]
+    commands: list[Any] = []
+    execute = client.execute_command
+
+    def counted(*args: Any, **options: Any) -> Any:
+        commands.append(args[0])
+        return execute(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", counted)
+    assert db_queries(lambda: evaluation(shop))[1] == 0
+    assert len(commands) == 1, commands
+
+
 @pytest.mark.parametrize(
     "options",
     [{}, {"PICKLE_VERSION": 2}, {"COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor"}],

@@ -11,6 +11,7 @@ import pytest
 from django.core.cache import caches
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
+from django_redis import get_redis_connection
 
 from django_tiercache import stats
 from django_tiercache.query import QueryResults, query_results
@@ -137,8 +138,9 @@ def test_twenty_concurrent_misses_run_one_query(
     assert len(queries) == 1, queries
 
 
+@pytest.mark.parametrize("keys", [["k"], ["k1", "k2", "k3"]], ids=["one-tag", "three-tags"])
 def test_stale_while_revalidate(
-    pen: Product, settings: Any, monkeypatch: Any, query_cache: str
+    pen: Product, settings: Any, monkeypatch: Any, query_cache: str, keys: list[str]
 ) -> None:
     settings.TIERCACHE = {**settings.TIERCACHE, "STALE_TIMEOUT": 60}
     clock = [1_000_000.0]
@@ -149,15 +151,15 @@ def test_stale_while_revalidate(
         compute_calls.append(1)
         return len(compute_calls)
 
-    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 1
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=keys) == 1
     clock[0] += 15  # expired, within the stale window
     query_results.cache.add(query_results.lock_key("swr"), 1, 30)  # someone else refreshes
-    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 1
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=keys) == 1
     assert stats.get("query_stale") == 1
     query_results.cache.delete(query_results.lock_key("swr"))
-    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 2  # refreshed
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=keys) == 2  # refreshed
     clock[0] += 100  # past the stale window: never served
-    assert query_results.get_or_set("swr", compute, timeout=10, keys=["k"]) == 3
+    assert query_results.get_or_set("swr", compute, timeout=10, keys=keys) == 3
 
 
 @pytest.fixture
@@ -212,6 +214,23 @@ def test_unreachable_cache_with_fail_open_off_raises(pen: Product, settings: Any
     settings.TIERCACHE = {**settings.TIERCACHE, "FAIL_OPEN": False}
     with pytest.raises(Exception, match=r"(?i)connect"):
         price(pen.pk)
+
+
+@pytest.mark.parametrize("keys", [["k"], ["k1", "k2", "k3"]], ids=["one-tag", "three-tags"])
+def test_an_entry_that_cannot_be_decoded_is_a_miss_and_replaced(keys: list[str]) -> None:
+    """An entry of ours, fresh and valid, whose value no longer unpickles (e.g. written by
+    another release): a miss, counted, and what is stored next replaces it."""
+    assert query_results.get_or_set("entry", lambda: 1, keys=keys) == 1
+    client = get_redis_connection("default")
+    name = caches["default"].make_key(query_results.entry_key("entry"))
+    header, _, _ = client.get(name).partition(b"\n")
+    client.set(name, header + b"\nnot a pickle", keepttl=True)
+    assert query_results.get_or_set("entry", lambda: 2, keys=keys) == 2
+    assert stats.get("query_errors") >= 1
+    assert query_results.get_or_set("entry", lambda: 3, keys=keys) == 2
+    client.set(name, header + b"\nnot a pickle", keepttl=True)
+    query_results.set("entry", 4, keys=keys)
+    assert query_results.get("entry", keys=keys) == 4
 
 
 def test_garbage_in_the_cache_is_a_miss(pen: Product) -> None:

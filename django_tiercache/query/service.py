@@ -39,6 +39,8 @@ VERSION_TIMEOUT = 2 * MAX_TIMEOUT
 TIER = "query"
 #: Longest time a single-flight lock is held by a caller that died while computing.
 LOCK_TIMEOUT = 30
+#: How many tag lists' version keys are remembered (a plan reads the same ones on every hit).
+NAMES_SIZE = 4096
 
 
 class Lookup:
@@ -147,6 +149,7 @@ class QueryResults:
         self.outage = _Outage()
         self._transport: Transport | None = None
         self._prefix_cache: tuple[str, tuple[str, str, str]] | None = None
+        self._version_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.recently_invalidated = _Recent()
         self._next_poll = 0.0
         tiercache_settings.on_reload(self._forget_transport)
@@ -180,7 +183,19 @@ class QueryResults:
                 prefix,
                 (f"{prefix}:{schema_version()}:e:", f"{prefix}:v:", f"{prefix}:l:"),
             )
+            self._version_keys = {}
         return self._prefix_cache[1]
+
+    def _tag_keys(self, tags: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+        """The version keys of ``tags`` (``prefix``: this moment's, from :meth:`_prefixes`),
+        remembered: one tuple per tag list, so a transport can remember what it derives too."""
+        known = self._version_keys
+        keys = known.get(tags)
+        if keys is None:
+            if len(known) >= NAMES_SIZE:
+                known.clear()
+            keys = known[tags] = tuple([prefix + tag for tag in tags])
+        return keys
 
     # -- cache access, failing open -------------------------------------------------------------
 
@@ -259,15 +274,16 @@ class QueryResults:
         With ``lock``, an entry that is not fresh and valid also takes the single-flight lock
         (with django-redis in the same round trip, atomically with the read).
         """
+        tags = tuple(tags)
         entry_prefix, version_prefix, lock_prefix = self._prefixes()
         entry, current, locked, reference = self._guard(
             self.transport.read,
             entry_prefix + name,
-            [version_prefix + tag for tag in tags],
+            self._tag_keys(tags, version_prefix),
             lock_prefix + name if lock else None,
             LOCK_TIMEOUT,
         )
-        if entry is not None and not (isinstance(entry, Entry) and entry.tags == tuple(tags)):
+        if entry is not None and not (isinstance(entry, Entry) and entry.tags == tags):
             if not isinstance(entry, tuple):  # garbage in the cache: a miss, and counted
                 stats.incr("query_errors")
             entry = None

@@ -2,12 +2,14 @@
 
 On Redis (:class:`RedisTransport`) everything goes through the configured cache's own redis-py
 client to the primary, so its connection pool, Sentinel discovery, TLS, ACL, timeouts and retries
-apply: a hit is one ``MGET`` of the entry and its version tokens; the locking read, the store
-and the invalidation are Lua scripts (``lua/*.lua``, redis-py ``Script`` objects), one round trip
-each. Version tokens are the server's clock at invalidation, so a store can tell a token set
-while the database was read from an older one. Any other Django cache (:class:`Transport`) gets
-the same semantics through ``get_many``/``add``/``set``/``delete``, in more round trips, and
-without a clock: a token it did not read before the database refuses the store.
+apply: a hit is one round trip, an ``MGET`` of the entry and its version tokens or, for an entry
+with more tags, ``lua/hit.lua``, which compares the tokens on the server and sends back the entry
+alone; the locking read, the store and the invalidation are Lua scripts too (``lua/*.lua``,
+redis-py ``Script`` objects), one round trip each. Version tokens are the server's clock at
+invalidation, so a store can tell a token set while the database was read from an older one.
+Any other Django cache (:class:`Transport`) gets the same semantics through
+``get_many``/``add``/``set``/``delete``, in more round trips, and without a clock: a token it
+did not read before the database refuses the store.
 
 :class:`~django_tiercache.query.cluster.ClusterTransport` serves Redis Cluster (its own
 key layout). :func:`transport_for` picks the transport by what the cache can do and refuses, with
@@ -52,9 +54,14 @@ class Entry(NamedTuple):
 GARBAGE = object()
 
 _LUA = Path(__file__).parent / "lua"
-_READ_SCRIPT, _STORE_SCRIPT, _INVALIDATE_SCRIPT = (
-    (_LUA / f"{name}.lua").read_text() for name in ("read", "store", "invalidate")
+_HIT_SCRIPT, _READ_SCRIPT, _STORE_SCRIPT, _INVALIDATE_SCRIPT = (
+    (_LUA / f"{name}.lua").read_text() for name in ("hit", "read", "store", "invalidate")
 )
+#: Up to this many keys (the entry's and its tags'), a read is a plain ``MGET``; beyond, the
+#: tokens are compared by ``lua/hit.lua`` and a hit brings back the entry alone.
+MGET_MAX_KEYS = 3
+#: How many tuples of version keys :class:`RedisTransport` remembers the encoded names of.
+_NAMES_SIZE = 4096
 
 
 class ReplicationError(Exception):
@@ -89,7 +96,7 @@ class Transport:
 
     def read(
         self, entry_key: str, version_keys: Sequence[str], lock_key: str | None, lock_ttl: int
-    ) -> tuple[Any, list[int | None], bool, int | None]:
+    ) -> tuple[Any, Sequence[int | None], bool, int | None]:
         """The entry (None if missing, :data:`GARBAGE` if unreadable), each version token (or
         None), whether ``lock_key`` was taken (tried, when given, if the entry is not fresh),
         and the reference a later :meth:`write` compares tokens with (None: none, here).
@@ -184,6 +191,7 @@ class RedisTransport(Transport):
         super().__init__(cache)
         self.client = client
         self._encode, self._decode = encode, decode
+        self._hit_script = client.register_script(_HIT_SCRIPT)
         self._read_script = client.register_script(_READ_SCRIPT)
         self._store_script = client.register_script(_STORE_SCRIPT)
         self._invalidate_script = client.register_script(_INVALIDATE_SCRIPT)
@@ -191,19 +199,43 @@ class RedisTransport(Transport):
         self._prefix = (
             f"{cache.key_prefix}:{cache.version}:" if cache.key_func is default_key_func else None
         )
+        self._names: dict[tuple[str, ...], list[bytes]] = {}
+        self._encoder = client.get_encoder()
 
     def _key(self, key: str) -> str:
         return self._prefix + key if self._prefix is not None else self.cache.make_key(key)
 
+    def _version_names(self, version_keys: Sequence[str]) -> list[bytes]:
+        """The Redis names of ``version_keys``, encoded; remembered for a tuple (the service
+        passes the same one for the same tags)."""
+        known = self._names
+        names = known.get(version_keys) if isinstance(version_keys, tuple) else None
+        if names is None:
+            encode = self._encoder.encode
+            names = [encode(self._key(key)) for key in version_keys]
+            if isinstance(version_keys, tuple):
+                if len(known) >= _NAMES_SIZE:
+                    known.clear()
+                known[version_keys] = names
+        return names
+
     def read(
         self, entry_key: str, version_keys: Sequence[str], lock_key: str | None, lock_ttl: int
-    ) -> tuple[Any, list[int | None], bool, int | None]:
-        keys = [self._key(entry_key), *map(self._key, version_keys)]
-        if lock_key is None:
+    ) -> tuple[Any, Sequence[int | None], bool, int | None]:
+        keys = [self._key(entry_key), *self._version_names(version_keys)]
+        now = int(time.time() * 1000)
+        if lock_key is not None:
+            values = self._read_script(keys=[*keys, self._key(lock_key)], args=[lock_ttl, now])
+        elif len(keys) <= MGET_MAX_KEYS:
             values = [*self.client.mget(keys), 0, None]
         else:
-            now = int(time.time() * 1000)
-            values = self._read_script(keys=[*keys, self._key(lock_key)], args=[lock_ttl, now])
+            values = self._hit_script(keys=keys, args=[now])
+            if isinstance(values, bytes):  # fresh and valid: its header names the tokens
+                entry = self._entry(values)
+                if isinstance(entry, Entry):
+                    return entry, entry.versions, False, None
+                return entry, _header_tokens(values), False, None
+            values = [*values, 0, None]
         tokens = [_token(v) for v in values[1:-2]]
         return self._entry(values[0]), tokens, bool(values[-2]), _token(values[-1])
 
@@ -325,6 +357,12 @@ def _token(raw: bytes | None) -> int | None:
         return int(raw) if raw is not None else None
     except ValueError:
         return None  # not ours: an entry never matches it
+
+
+def _header_tokens(raw: bytes) -> list[int | None]:
+    """The tokens an entry's header names (see ``lua/store.lua``)."""
+    tokens = raw[: raw.find(b"\n")].partition(b" ")[2]
+    return [_token(token) for token in tokens.split(b",")] if tokens else []
 
 
 def _pickle(value: Any) -> bytes:
