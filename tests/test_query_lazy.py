@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from django.db.models import QuerySet
+from django.db.models.sql.query import Query
 
+from django_tiercache.query import planner, querysets
 from tests.testapp.models import Category, Product
 
 CHAINS: dict[str, Callable[[QuerySet[Any]], QuerySet[Any]]] = {
@@ -24,11 +26,17 @@ CHAINS: dict[str, Callable[[QuerySet[Any]], QuerySet[Any]]] = {
 }
 
 
+@pytest.mark.parametrize("checked", [False, True], ids=["new", "checked before"])
 @pytest.mark.parametrize("name", CHAINS)
-def test_lazy_chain_builds_the_same_query(name: str) -> None:
+def test_lazy_chain_builds_the_same_query(name: str, checked: bool) -> None:
+    """New, the query Django built while checking is reused; checked before, it is rebuilt."""
     chain = CHAINS[name]
+    querysets._checked.clear()
+    if checked:
+        chain(Product.objects.cached())
     lazy = chain(Product.objects.cached())
     eager = chain(Product.objects.cached().uncached())
+    assert planner.fingerprint(lazy.query) == planner.fingerprint(eager.query)
     assert str(lazy.query) == str(eager.query)
 
 
@@ -38,6 +46,24 @@ def test_lazy_chain_records_instead_of_building() -> None:
     assert len(qs._operations) == 3
     str(qs.query)
     assert qs._operations is None  # applied once, when the query was needed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_miss_builds_each_filter_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query Django built to check a new lookup is the one a miss runs: Django's own
+    ``get()`` adds one filter, so does a cached one."""
+    category = Category.objects.create(name="c")
+    product = Product.objects.create(name="a", category=category)
+    added: list[Any] = []
+    add_q = Query.add_q
+    monkeypatch.setattr(Query, "add_q", lambda query, q: added.append(q) or add_q(query, q))
+    querysets._checked.clear()
+    assert Product.objects.cached().get(pk=product.pk) == product
+    assert len(added) == 1
+    added.clear()
+    chained = Product.objects.cached().filter(name="a").filter(category=category)
+    assert list(chained) == [product]
+    assert len(added) == 2
 
 
 def test_django_errors_are_kept() -> None:

@@ -81,7 +81,7 @@ def recordable(value: Any) -> Any:
 def record_lookups(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...] | None:
     """The keyword lookups in recorded form, or None when one of them is not simple."""
     try:
-        return tuple(sorted((name, recordable(value)) for name, value in kwargs.items()))
+        return tuple(sorted([(name, recordable(value)) for name, value in kwargs.items()]))
     except TypeError:
         return None
 
@@ -94,8 +94,14 @@ def identity(
     A ``filter`` operation is ``("filter", negated, recorded lookups, original kwargs)``; only
     its first three items name it. Equal identities have equal reprs (see :func:`recordable`).
     """
-    recorded = tuple(op[:3] if op[0] == "filter" else op for op in operations)
+    recorded = tuple([op[:3] if op[0] == "filter" else op for op in operations])
     return (base, model, recorded, shape)
+
+
+def shaped(identity: tuple[Any, ...], *shape: Any) -> tuple[Any, ...]:
+    """``identity`` with the result shape ``shape`` instead of its own: ``identity(base, model,
+    operations, *shape)`` without recording the operations again."""
+    return (*identity[:3], shape)
 
 
 def lazy_name(identity: tuple[Any, ...]) -> str:

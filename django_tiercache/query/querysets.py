@@ -70,6 +70,11 @@ class CachedQuerySet(QuerySet[_M]):
     _operations: tuple[lazy.Operation, ...] | None = None
     #: "pristine" when the query is known to be as a plain manager makes it (no check needed).
     _pristine: str | None = None
+    #: The query with the first ``n`` recorded operations applied, as Django built it when it
+    #: checked them: ``(query, n)``. Shared between copies, so never changed: it is copied first.
+    _built: tuple[Query, int] | None = None
+    #: The lazy identity of the recorded operations, without a result shape (set when checked).
+    _identity: tuple[Any, ...] | None = None
 
     # Django's private QuerySet API, used because no public hook exists for it. Django has no
     # public way to serve an evaluation from elsewhere (``_fetch_all``, ``_result_cache``,
@@ -125,9 +130,13 @@ class CachedQuerySet(QuerySet[_M]):
 
         Whoever reads it may change it, so from then on this queryset is no longer lazy.
         """
-        operations = self._operations
-        self._operations = self._pristine = None
-        for operation in operations or ():  # exactly what filter()/order_by()/[a:b] do
+        operations, built = self._operations or (), self._built
+        self._operations = self._pristine = self._built = self._identity = None
+        if built is not None:
+            query, applied = built
+            operations = operations[applied:]
+            self._query = query if operations else query.clone()
+        for operation in operations:  # exactly what filter()/order_by()/[a:b] do
             self._query = self._query.chain()
             if operation[0] == "filter":
                 self._filter_or_exclude_inplace(operation[1], (), operation[3])
@@ -140,7 +149,7 @@ class CachedQuerySet(QuerySet[_M]):
 
     @query.setter
     def query(self, value: Query) -> None:
-        self._operations = self._pristine = None
+        self._operations = self._pristine = self._built = self._identity = None
         QuerySet.query.fset(self, value)  # type: ignore[attr-defined]
 
     def _lazy_base(self) -> bool:
@@ -167,30 +176,34 @@ class CachedQuerySet(QuerySet[_M]):
             clone._fetch_mode = self._fetch_mode
         clone._tiercache = self._tiercache
         clone._pristine = self._pristine
+        clone._built = self._built
         clone._operations = (*(self._operations or ()), *operations)
         return clone
 
     def _sliced_lazily(self) -> bool:
-        return self._query.is_sliced or any(op[0] == "slice" for op in self._operations or ())
+        return self._query.is_sliced or "slice" in [op[0] for op in self._operations or ()]
 
     def _record_checked(
         self, django_method: Callable[..., Any], operation: lazy.Operation, *then: lazy.Operation
     ) -> Self:
         """``self`` with ``operation`` (and ``then``) recorded, once Django's own
         ``django_method`` has applied ``operation`` to this very identity without raising:
-        errors are raised where Django raises them."""
+        errors are raised where Django raises them. The query Django built then is kept for
+        a miss, which would otherwise build it again."""
         clone = self._record(operation, *then)
         if clone._pristine is None:
             clone._pristine = lazy.base_identity(clone._query)
         checked = lazy.identity(clone._pristine, self.model._meta.label, clone._operations or ())
+        clone._identity = checked
         if checked not in _checked:
             if len(_checked) >= _plans.size:
                 _checked.clear()
             if operation[0] == "filter":
-                django_method(self._record(), **operation[3])
+                built: QuerySet[Any] = django_method(self._record(), **operation[3])
             else:
-                django_method(self._record(), *operation[1])
+                built = django_method(self._record(), *operation[1])
             _checked.add(checked)
+            clone._built = built.query, len(clone._operations or ()) - len(then)
         return clone
 
     def filter(self, *args: Any, **kwargs: Any) -> Self:
@@ -254,7 +267,7 @@ class CachedQuerySet(QuerySet[_M]):
         options = self._tiercache
         assert options is not None
         lookups = self._prefetch_related_lookups
-        prefetch = planner.prefetch_shape(lookups)
+        prefetch = planner.prefetch_shape(lookups) if lookups else ()
         memo_key: Hashable
         name: str | None
         if self._operations is None:
@@ -262,11 +275,12 @@ class CachedQuerySet(QuerySet[_M]):
                 self.query, prefetch, options.keys, kind, db, *shape
             )
         else:
-            base = self._pristine or lazy.base_identity(self._query)
-            label = self.model._meta.label
-            memo_key = lazy.identity(
-                base, label, self._operations, kind, db, options.keys, prefetch, *shape
+            recorded = self._identity or lazy.identity(
+                self._pristine or lazy.base_identity(self._query),
+                self.model._meta.label,
+                self._operations,
             )
+            memo_key = lazy.shaped(recorded, kind, db, options.keys, prefetch, *shape)
             name = None
         known = _plans.get(memo_key)
         if known is None:
