@@ -64,7 +64,7 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[dev]' django-cacheops django-cachalot 'psycopg[binary]'
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[dev,hiredis]' django-cacheops django-cachalot 'psycopg[binary]'
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

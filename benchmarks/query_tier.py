@@ -407,10 +407,17 @@ def table(results: dict[str, dict[str, Any] | str]) -> str:
             "result; no cache: the same operation through Django's plain manager). The floor and "
             "no-cache columns come from their own processes."
         )
+        lines.append(f"\nredis-py's protocol parser and packer in every process: {_parser()}.")
     for contender, data in results.items():
         if isinstance(data, str):
             lines.append(f"\n{contender}: {data}")
     return "\n".join(lines)
+
+
+def _parser() -> str:
+    from redis.utils import HIREDIS_AVAILABLE
+
+    return "hiredis (django-tiercache[hiredis])" if HIREDIS_AVAILABLE else "pure Python"
 
 
 def main() -> None:

@@ -292,3 +292,17 @@ def test_connections_closed_by_redis_are_replaced_without_an_outage(
     assert len(queries) == 0  # served from the cache, over a new connection
     assert stats.get("query_errors") == 0
     assert "unavailable" not in caplog.text
+
+
+def test_with_hiredis_many_tags_are_read_by_mget_and_still_invalidated(monkeypatch: Any) -> None:
+    """With hiredis parsing replies, a hit on many tags is a plain ``MGET`` (no script): an
+    invalidated tag still makes it a miss."""
+    monkeypatch.setattr("django_tiercache.query.transport.HIREDIS_AVAILABLE", True)
+    monkeypatch.setattr(query_results, "_transport", None)  # a new one, that sees hiredis
+    transport: Any = query_results.transport
+    assert transport._mget_max == float("inf")
+    assert query_results.get_or_set("wide", lambda: 1, keys=MANY_TAGS) == 1
+    assert query_results.get_or_set("wide", lambda: 2, keys=MANY_TAGS) == 1
+    query_results.invalidate([MANY_TAGS[-1]])
+    assert query_results.get_or_set("wide", lambda: 3, keys=MANY_TAGS) == 3
+    assert query_results.get_or_set("wide", lambda: 4, keys=MANY_TAGS) == 3

@@ -224,7 +224,7 @@ class ClusterTransport(RedisTransport):
 
     def __init__(self, cache: RedisClusterCache) -> None:
         self.cache = self._cluster_cache = cache
-        self._encode, self._decode = _pickle, pickle.loads
+        self._encode, self._decode, self._packs = _pickle, pickle.loads, True
         self._prefix = None  # every key through cache.make_key()
         self._read_script: Any = None
         prefix = tiercache_settings.KEY_PREFIX
@@ -294,7 +294,7 @@ class ClusterTransport(RedisTransport):
         header = f"{int(entry.fresh_until * 1000)} {','.join(map(str, versions))}\n"
         with self.client.pipeline() as pipe:
             if stored:
-                body = self._encode(entry._replace(versions=()))  # the header holds them
+                body = self._body(entry)
                 pipe.set(self._tagged(entry_key), header.encode() + body, px=_ms(ttl))
                 for key, token in created.items():
                     pipe.set(self._key(key), token, nx=True, ex=version_ttl)

@@ -632,8 +632,9 @@ def _updated_keys(
     return keys | read_scope_keys(model, [row[0] for row in rows], unknown, db)
 
 
-#: Row keys each entry had when this process last computed it (bounded like the plans).
-_row_keys: dict[str, frozenset[str]] = {}
+#: Row keys each entry had when this process last computed it, and the entry's tags with them
+#: (bounded like the plans).
+_row_keys: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {}
 
 
 class _TierRead:
@@ -660,8 +661,8 @@ class _TierRead:
         self.seen: set[str] = set()  # tables the SQL named
         self.stray: list[str] = []  # why the result must not be stored
         keyed = query_plan.row_keys is not None
-        self.guess = _row_keys.get(query_plan.name, frozenset()) if keyed else frozenset()
-        self.tags = tuple(sorted({*query_plan.tags, *self.guess})) if keyed else query_plan.tags
+        known = _row_keys.get(query_plan.name) if keyed else None
+        self.guess, self.tags = known or (frozenset(), query_plan.tags)
 
     def fetch(self) -> Any:
         options = self.queryset._tiercache
@@ -711,8 +712,9 @@ class _TierRead:
             return self.tags
         if len(_row_keys) >= _plans.size:
             _row_keys.clear()
-        _row_keys[self.plan.name] = found
-        return tuple(sorted({*self.plan.tags, *found}))
+        tags = tuple(sorted({*self.plan.tags, *found}))
+        _row_keys[self.plan.name] = (found, tags)
+        return tags
 
 
 def _writes_pending(alias: str, keys: frozenset[str]) -> bool:

@@ -36,8 +36,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from redis.connection import DefaultParser
 from redis.exceptions import RedisError
+from redis.utils import HIREDIS_AVAILABLE
 
 from django_tiercache.conf import tiercache_settings
+from django_tiercache.query import rows
 from django_tiercache.query.restarts import RunGuard
 
 
@@ -59,8 +61,10 @@ _HIT_SCRIPT, _READ_SCRIPT, _STORE_SCRIPT, _INVALIDATE_SCRIPT = (
 )
 #: Up to this many keys (the entry's and its tags'), a read is a plain ``MGET``; beyond, the
 #: tokens are compared by ``lua/hit.lua`` and a hit brings back the entry alone. Where the two
-#: cost the same in instructions, client and server together (redis-py's Python parser): the
-#: script costs Redis about 220k more, the client saves about 16k per tag it does not parse.
+#: cost the same with redis-py's Python parser: the script costs Redis about 220k instructions
+#: more, the client saves about 16k per tag it does not parse. With the hiredis parser, which
+#: parses the tokens in C, a plain ``MGET`` costs less at any size (see
+#: :func:`_mget_max_keys`).
 MGET_MAX_KEYS = 21
 #: How many tuples of version keys :class:`RedisTransport` remembers the encoded names of.
 _NAMES_SIZE = 4096
@@ -174,7 +178,8 @@ class RedisTransport(Transport):
     """Redis through the cache's own redis-py client (``client``, connected to the primary).
 
     ``encode``/``decode`` turn an :class:`Entry` into bytes and back (django-redis' serializer
-    and compressor, or pickle). Every call takes a connection from the client's pool and gives
+    and compressor, or pickle); with ``packs`` (they pickle), a list of rows is stored as one
+    table (:mod:`.rows`). Every call takes a connection from the client's pool and gives
     it back with every reply read; one instance serves every thread.
     """
 
@@ -189,10 +194,12 @@ class RedisTransport(Transport):
         client: Any,
         encode: Callable[[Any], bytes],
         decode: Callable[[bytes], Any],
+        *,
+        packs: bool = False,
     ) -> None:
         super().__init__(cache)
         self.client = client
-        self._encode, self._decode = encode, decode
+        self._encode, self._decode, self._packs = encode, decode, packs
         self._hit_script = client.register_script(_HIT_SCRIPT)
         self._read_script = client.register_script(_READ_SCRIPT)
         self._store_script = client.register_script(_STORE_SCRIPT)
@@ -203,6 +210,7 @@ class RedisTransport(Transport):
         )
         self._names: dict[tuple[str, ...], list[bytes]] = {}
         self._encoder = client.get_encoder()
+        self._mget_max = _mget_max_keys(client)
 
     def _key(self, key: str) -> str:
         return self._prefix + key if self._prefix is not None else self.cache.make_key(key)
@@ -228,7 +236,7 @@ class RedisTransport(Transport):
         now = int(time.time() * 1000)
         if lock_key is not None:
             values = self._read_script(keys=[*keys, self._key(lock_key)], args=[lock_ttl, now])
-        elif len(keys) <= MGET_MAX_KEYS:
+        elif len(keys) <= self._mget_max:
             values = [*self.client.mget(keys), 0, None]
         else:
             values = self._hit_script(keys=keys, args=[now])
@@ -240,6 +248,11 @@ class RedisTransport(Transport):
             values = [*values, 0, None]
         tokens = [_token(v) for v in values[1:-2]]
         return self._entry(values[0]), tokens, bool(values[-2]), _token(values[-1])
+
+    def _body(self, entry: Entry) -> bytes:
+        """``entry`` encoded without its tokens (the header holds them, see store.lua)."""
+        value = rows.pack(entry.value) if self._packs else entry.value
+        return self._encode(entry._replace(versions=(), value=value))
 
     def _entry(self, raw: bytes | int | None) -> Any:
         """The entry behind its header, with the tokens the header names (store.lua)."""
@@ -273,7 +286,7 @@ class RedisTransport(Transport):
             int(entry.fresh_until * 1000),
             version_ttl,
             "0" if unlock_key is None else "1",
-            self._encode(entry._replace(versions=())),  # the header holds them
+            self._body(entry),
         ]
         keys += map(self._key, tokens)
         args += ("" if token is None else token for token in tokens.values())
@@ -326,6 +339,15 @@ class RedisTransport(Transport):
         confirmed = pipe.execute()[-1]
         if confirmed < replicas:
             raise ReplicationError(f"{confirmed} of {replicas} replica(s) confirmed the write")
+
+
+def _mget_max_keys(client: Any) -> float:
+    """Up to how many keys a hit is a plain ``MGET`` (:data:`MGET_MAX_KEYS`): any number when
+    the client's connections parse with hiredis, redis-py's default parser once hiredis is
+    installed (``django-tiercache[hiredis]``)."""
+    pool = getattr(client, "connection_pool", None)
+    parser = getattr(pool, "connection_kwargs", {}).get("parser_class", DefaultParser)
+    return float("inf") if HIREDIS_AVAILABLE and parser is DefaultParser else MGET_MAX_KEYS
 
 
 def _unlink_matching(client: Any, pattern: str) -> None:
@@ -381,14 +403,16 @@ def transport_for(alias: str) -> Transport:
     if callable(own):
         return own()  # type: ignore[no-any-return]
     if isinstance(cache, RedisCache):
-        return RedisTransport(cache, _django_primary(alias), _pickle, pickle.loads)
+        return RedisTransport(cache, _django_primary(alias), _pickle, pickle.loads, packs=True)
     client = getattr(cache, "client", None)
     if client is None or not hasattr(client, "get_client"):
         return Transport(cache)
     _refuse_shards(client)
     primary = client.get_client(write=True)
     _refuse_cluster(primary)
-    return RedisTransport(cache, primary, client.encode, _decoder(alias, client))
+    return RedisTransport(
+        cache, primary, client.encode, _decoder(alias, client), packs=_pickles(alias)
+    )
 
 
 #: django-redis' default serializer and compressor (its ``OPTIONS`` when they are not given).
@@ -411,6 +435,16 @@ def _decoder(alias: str, client: Any) -> Callable[[bytes], Any]:
         return pickle.loads
     decode: Callable[[bytes], Any] = client.decode
     return decode
+
+
+def _pickles(alias: str) -> bool:
+    """Whether django-redis' cache ``alias`` serializes with pickle (its default)."""
+    from django_redis.serializers.pickle import PickleSerializer
+
+    config: dict[str, Any] = settings.CACHES[alias]
+    options: dict[str, Any] = config.get("OPTIONS") or {}
+    serializer = _imported(options.get("SERIALIZER", _DJANGO_REDIS_PICKLE["SERIALIZER"]))
+    return isinstance(serializer, type) and issubclass(serializer, PickleSerializer)
 
 
 def _django_primary(alias: str) -> Any:
